@@ -1,0 +1,25 @@
+"""Small builders shared by tests (real images copied from ../shared/data into tmp folders)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def copy_people(lfw_images: Path, dest: Path, people: dict[str, int]) -> Path:
+    """Copy the first N images of each named LFW person into dest/<person>/."""
+    for person, count in people.items():
+        (dest / person).mkdir(parents=True, exist_ok=True)
+        for src in sorted((lfw_images / person).iterdir())[:count]:
+            shutil.copy(src, dest / person / src.name)
+    return dest
+
+
+def png_decodes_fully(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except Exception:
+        return False
