@@ -4,9 +4,7 @@ from __future__ import annotations
 from ._app import app
 
 # Each import registers its command(s) on `app`.
-from . import align as _align  # noqa: F401,E402
-
-# Commands added by later stages register here too; a missing module is a bug, not optional.
+from . import align, compare, fetch_models, lfw_roc, represent, train, tsne  # noqa: F401,E402
 
 
 def main() -> None:
