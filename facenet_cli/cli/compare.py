@@ -1,0 +1,1 @@
+"""Placeholder until this command lands; registers nothing yet."""

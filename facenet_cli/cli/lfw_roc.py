@@ -1,0 +1,53 @@
+"""`facenet lfw-roc`: accuracy, ROC, VAL@FAR and EER of a representation folder on LFW."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..lfw import LfwResult, evaluate_lfw
+from ._app import command, console
+
+
+@command
+def lfw_roc_command(
+    reps: Annotated[Path, typer.Argument(help="Representation folder (labels.csv with reps.npy or reps.csv).")],
+    pairs: Annotated[Path, typer.Argument(help="LFW pairs.txt (View 2, 10 folds) or pairsDevTest.txt (View 1, with --train-pairs).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for accuracies.txt, roc.csv, roc.png, roc.pdf, result.json.")],
+    comparisons: Annotated[Optional[Path], typer.Option(help="Folder of published ROC curves (LFW's comparisons/) to plot beside ours.")] = None,
+    train_pairs: Annotated[Optional[Path], typer.Option(help="View 1: choose the threshold on these pairs (pairsDevTrain.txt).")] = None,
+    fail_on_missing: Annotated[bool, typer.Option(help="Stop when a pair's image has no embedding instead of counting the pair as wrong.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
+) -> None:
+    """Measure face verification on LFW with OpenFace's protocol and plot the ROC.
+
+    Example: facenet lfw-roc reps/ lfw/pairs.txt --out lfw-eval --comparisons lfw/comparisons
+    """
+    result = evaluate_lfw(reps, pairs, out, comparisons=comparisons, dev_train=train_pairs,
+                          on_missing="fail" if fail_on_missing else "wrong")
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_result(result)
+
+
+def print_result(result: LfwResult) -> None:
+    table = Table(title=f"LFW, {result.protocol}: {result.pairs} pairs")
+    for name in ("fold", "threshold", "accuracy", "AUC", f"VAL@FAR={result.far_target:g}", "FAR", "missing pairs"):
+        table.add_column(name, justify="right")
+    for r in result.folds:
+        table.add_row(str(r.fold), f"{r.threshold:.4f}", f"{r.accuracy:.4f}", f"{r.auc:.4f}",
+                      f"{r.val:.4f}", f"{r.far:.4f}", str(r.missing_pairs))
+    table.add_section()
+    table.add_row("[bold]mean", "", f"[bold]{result.accuracy_mean:.4f} ± {result.accuracy_std:.4f}",
+                  f"[bold]{result.auc:.4f}", f"{result.val_mean:.4f} ± {result.val_std:.4f}",
+                  f"{result.far_mean:.4f}", str(result.missing_pairs))
+    console.print(table)
+    console.print(f"Equal error rate {result.eer:.4f}.")
+    if result.missing_pairs:
+        console.print(f"[yellow]{result.missing_pairs} pairs counted as wrong: {len(result.missing_images)} of their "
+                      f"images have no embedding (e.g. {result.missing_images[0]}).")
+    console.print(f"Files are in {Path(result.files['result']).parent}.")
