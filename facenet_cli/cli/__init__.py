@@ -4,7 +4,7 @@ from __future__ import annotations
 from ._app import app
 
 # Each import registers its command(s) on `app`.
-from . import align, compare, fetch_models, lfw_roc, represent, train, tsne  # noqa: F401,E402
+from . import align, compare, demo, fetch_models, lfw_roc, represent, train, tsne  # noqa: F401,E402
 
 
 def main() -> None:

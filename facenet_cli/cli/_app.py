@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
 
+from ..catalogue import DEFAULT_MODEL  # noqa: F401 (re-exported for ModelOption's default)
 from ..errors import FacenetError
 
 app = typer.Typer(
@@ -47,5 +49,39 @@ def command(fn: Callable) -> Callable:
     return app.command(name)(wrapper)
 
 
+# Shared options. Annotated cannot carry a default, so commands write
+# `model: ModelOption = DEFAULT_MODEL` (re-exported here) and `cache_dir: CacheDirOption = None`.
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="A catalogue name (see `facenet fetch-models --list`) or the path of a checkpoint "
+        "file saved by `facenet train`.",
+    ),
+]
+CacheDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--cache-dir",
+        help="Where downloaded weights are kept (default: $FACENET_CACHE, else the per-user cache folder).",
+        file_okay=False,
+    ),
+]
+
+
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+DeviceOption = Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when there is one), cpu or cuda.")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Faces per forward pass.")]
+FlipOption = Annotated[bool, typer.Option(
+    "--flip/--no-flip", help="Average each face's embedding with its mirror image's (slower, often more accurate).")]
+
+
+def load_embedder(model: str, device: str = "auto", batch_size: int = 32, flip: bool = False):
+    """Resolve --model through the catalogue (or a checkpoint) and load its network once."""
+    from ..embed import Embedder
+    from ..hub import resolve_model
+
+    return Embedder(resolve_model(model), device=device, flip=flip, batch_size=batch_size)

