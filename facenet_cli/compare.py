@@ -53,8 +53,8 @@ def find_faces(paths: list[str | Path], aligner: FaceAligner, embedder: Embedder
     faces: list[Face] = []
     problems: dict[str, str] = {}
     crops, owners = [], []
-    for path in paths:
-        name = str(path)
+    names = display_names(paths)
+    for path, name in zip(paths, names):
         try:
             found = aligner.align(read_rgb(path))
         except BadImage as exc:
@@ -65,12 +65,18 @@ def find_faces(paths: list[str | Path], aligner: FaceAligner, embedder: Embedder
             continue
         for index, face in enumerate(found):
             label = name if len(found) == 1 else f"{name}#{index}"
-            owners.append((label, name, face.box))
+            owners.append((label, str(path), face.box))
             crops.append(face.image)
     vectors = embedder.embed(crops)
     for (label, name, box), vector in zip(owners, vectors):
         faces.append(Face(label, name, box, vector))
     return faces, problems
+
+
+def display_names(paths: list[str | Path]) -> list[str]:
+    """File names when they tell the photos apart, else the paths as given."""
+    names = [Path(p).name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
 def compare_photos(paths: list[str | Path], aligner: FaceAligner, embedder: Embedder) -> Comparison:

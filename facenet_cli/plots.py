@@ -76,3 +76,30 @@ def _colours(n: int) -> list:
     if n <= 20:
         return [colormaps["tab20"](i) for i in range(n)]
     return [colormaps["hsv"](i / n) for i in range(n)]
+
+
+def plot_training(history: Sequence, paths: Sequence[Path]) -> None:
+    """Loss per epoch (total, triplet, distillation) and, on a second axis, validation accuracy,
+    like OpenFace's plot-loss.py. `history` holds rows with those attributes (training.EpochRow)."""
+    epochs = [row.epoch for row in history]
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(epochs, [row.loss for row in history], color="black", marker=".", label="loss")
+    if any(row.distill_loss for row in history):
+        ax.plot(epochs, [row.triplet_loss for row in history], color="tab:blue", linestyle="--", label="triplet loss")
+        ax.plot(epochs, [row.distill_loss for row in history], color="tab:orange", linestyle="--",
+                label="distillation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean loss per batch")
+    ax.grid(True, alpha=0.4)
+    handles, labels = ax.get_legend_handles_labels()
+    validated = [(row.epoch, row.val_accuracy) for row in history if row.val_accuracy is not None]
+    if validated:
+        acc_ax = ax.twinx()
+        acc_ax.plot(*zip(*validated), color="tab:green", marker="o", label="validation accuracy")
+        acc_ax.set_ylabel("validation accuracy")
+        more_handles, more_labels = acc_ax.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, loc="center right", fontsize=8)
+    ax.set_title("facenet train")
+    _save(fig, paths)

@@ -22,8 +22,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
-console = Console()
-err_console = Console(stderr=True)
+# Sentences are never wrapped mid-path (copyable, greppable); tables still fit the terminal.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -1,18 +1,20 @@
 """`facenet demo`: the whole pipeline on a photo shipped inside an installed dependency."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from PIL import Image, ImageEnhance, ImageOps
 
-from ..align_specs import get_spec
+from ..align import FaceAligner
 from ..catalogue import DEFAULT_MODEL
+from ..compare import compare_photos
 from ..errors import UsageError
 from ..jobs import AlignJob
-from ._app import command, console
+from ._app import command, console, load_embedder
 from .align import print_summary, run_with_progress
+from .compare import print_comparison
 
 
 def sample_photo() -> Path:
@@ -29,14 +31,25 @@ def sample_photo() -> Path:
 def demo_command(
     out: Annotated[Path, typer.Option(help="Where the demo writes its results.")] = Path("demo-out"),
 ) -> None:
-    """Align a face from a photo that ships with matplotlib and say where the result went.
+    """Align and compare faces made from a photo that ships with matplotlib; no files or network needed.
 
     Example: facenet demo --out demo-out
     """
-    raw = out / "raw" / "Grace_Hopper"
+    raw = out / "photos" / "Grace_Hopper"
     raw.mkdir(parents=True, exist_ok=True)
-    shutil.copy(sample_photo(), raw / "Grace_Hopper_0001.jpg")
-    job = AlignJob(spec=get_spec("dlib-chip"))
-    report = run_with_progress(raw.parent, out / "aligned", job, workers=1)
+    photo = Image.open(sample_photo()).convert("RGB")
+    variants = {
+        "Grace_Hopper_0001.jpg": photo,
+        "Grace_Hopper_0002_mirrored.jpg": ImageOps.mirror(photo),
+        "Grace_Hopper_0003_dark_gray.jpg": ImageEnhance.Brightness(ImageOps.grayscale(photo)).enhance(0.5),
+    }
+    for name, image in variants.items():
+        image.save(raw / name, quality=92)
+
+    embedder = load_embedder(DEFAULT_MODEL)
+    report = run_with_progress(raw.parent, out / "aligned", AlignJob(spec=embedder.record.align), workers=1)
     print_summary(report)
-    console.print(f"The aligned face for {DEFAULT_MODEL} is {out / 'aligned' / report.outcomes[0].outputs[0]}.")
+    result = compare_photos(sorted(raw.iterdir()), FaceAligner(embedder.record.align, upsample="auto", faces="all"),
+                            embedder)
+    print_comparison(result)
+    console.print(f"Aligned faces are in {out / 'aligned'}; try `facenet compare` on photos of your own.")

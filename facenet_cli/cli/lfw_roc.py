@@ -36,17 +36,17 @@ def lfw_roc_command(
 
 def print_result(result: LfwResult) -> None:
     table = Table(title=f"LFW, {result.protocol}: {result.pairs} pairs")
-    for name in ("fold", "threshold", "accuracy", "AUC", f"VAL@FAR={result.far_target:g}", "FAR", "missing pairs"):
-        table.add_column(name, justify="right")
+    for name in ("fold", "threshold", "accuracy", "AUC", "VAL", "missing"):
+        table.add_column(name, justify="right", no_wrap=True)
     for r in result.folds:
         table.add_row(str(r.fold), f"{r.threshold:.4f}", f"{r.accuracy:.4f}", f"{r.auc:.4f}",
-                      f"{r.val:.4f}", f"{r.far:.4f}", str(r.missing_pairs))
+                      f"{r.val:.4f}", str(r.missing_pairs))
     table.add_section()
     table.add_row("[bold]mean", "", f"[bold]{result.accuracy_mean:.4f} ± {result.accuracy_std:.4f}",
-                  f"[bold]{result.auc:.4f}", f"{result.val_mean:.4f} ± {result.val_std:.4f}",
-                  f"{result.far_mean:.4f}", str(result.missing_pairs))
+                  f"[bold]{result.auc:.4f}", f"{result.val_mean:.4f} ± {result.val_std:.4f}", str(result.missing_pairs))
     console.print(table)
-    console.print(f"Equal error rate {result.eer:.4f}.")
+    console.print(f"VAL is the true accept rate at the threshold giving FAR <= {result.far_target:g} on the training "
+                  f"pairs (measured FAR {result.far_mean:.4f}); equal error rate {result.eer:.4f}.")
     if result.missing_pairs:
         console.print(f"[yellow]{result.missing_pairs} pairs counted as wrong: {len(result.missing_images)} of their "
                       f"images have no embedding (e.g. {result.missing_images[0]}).")

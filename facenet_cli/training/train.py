@@ -1,0 +1,430 @@
+"""`facenet train`: triplet training (and distillation from a teacher) of the nn4 networks.
+
+Each batch is P people x K images (PKBatchSampler), randomly mirrored, embedded, mined for
+triplets and scored with FaceNet's triplet loss, plus `distill_weight` times the distance to
+a teacher's centred embeddings when a teacher reps folder is given.
+
+Reproducibility: the batch order, the mirroring and the miner's draws are seeded from
+(seed, epoch, batch) alone, and every epoch ends with a checkpoint holding the weights, the
+optimizer state and the history, so `resume` replays the remaining epochs exactly as an
+uninterrupted run would (bit for bit on the CPU).
+
+WORKDIR gets, every epoch: `checkpoint-epochNNN.pt` (record + weights, usable as --model),
+`last.pt` (the same plus everything needed to resume), `loss.csv` and `loss.png`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..catalogue import ModelRecord
+from ..embed import pick_device
+from ..errors import DataError, UsageError
+from ..lfw import PairDistances, evaluate_distances, pair_distances
+from ..nets.nn4 import ARCHITECTURE_NAMES, FaceNetInception, default_record
+from ..reps import Reps
+from .data import DEFAULT_CACHE_LIMIT, TrainingSet, ValidationSet, load_training_set, load_validation_set
+from .losses import distillation_loss, triplet_loss
+from .miners import MINERS, OpenFaceTripletMiner, make_miner
+from .samplers import PKBatchSampler
+
+LAST = "last.pt"
+LOSS_CSV = "loss.csv"
+LOSS_PNG = "loss.png"
+OPTIMIZERS = ("adam", "sgd")
+CSV_COLUMNS = ("epoch", "loss", "triplet_loss", "distill_loss", "triplets_per_batch", "images_per_s", "seconds",
+               "val_accuracy", "val_threshold")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in every checkpoint as a plain dict."""
+
+    aligned: str
+    out: str
+    architecture: str | None = None  # None: nn4.small2, or the architecture of `init`
+    init: str | None = None  # catalogue model or checkpoint to start from
+    people_per_batch: int = 15
+    images_per_person: int = 20
+    alpha: float = 0.2
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    epochs: int = 10
+    batches_per_epoch: int | None = None  # None: as many as the people allow (sampler's default)
+    minutes: float | None = None  # stop after the epoch that crosses this wall-clock budget
+    device: str = "auto"
+    seed: int = 0
+    miner: str = "openface"
+    flip: bool = True  # mirror augmentation
+    teacher_reps: str | None = None
+    distill_weight: float = 1.0
+    triplet_weight: float = 1.0
+    val_pairs: str | None = None
+    val_train_pairs: str | None = None
+    val_aligned: str | None = None
+
+    def check(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}.")
+        if self.miner not in MINERS:
+            raise UsageError(f"--miner must be one of {', '.join(MINERS)}, not {self.miner!r}.")
+        if self.architecture is not None and self.architecture not in ARCHITECTURE_NAMES:
+            raise UsageError(f"--model must be one of {', '.join(ARCHITECTURE_NAMES)} (an architecture to train), "
+                             f"not {self.architecture!r}; use --init to start from trained weights.")
+        if self.epochs < 0 or (self.batches_per_epoch is not None and self.batches_per_epoch < 1):
+            raise UsageError("--epochs must be 0 or more and --batches-per-epoch at least 1.")
+        if not (self.lr > 0 and self.alpha >= 0 and self.distill_weight >= 0 and self.triplet_weight >= 0):
+            raise UsageError("--lr must be positive and --alpha, --distill-weight, --triplet-weight not negative.")
+        if self.teacher_reps is None and self.triplet_weight == 0:
+            raise UsageError("--triplet-weight 0 leaves nothing to learn without --teacher-reps; give a teacher or a weight.")
+        if (self.val_pairs is None) != (self.val_aligned is None):
+            raise UsageError("--val-pairs and --val-aligned go together; give both or neither.")
+        if self.val_train_pairs is not None and self.val_pairs is None:
+            raise UsageError("--val-train-pairs needs --val-pairs and --val-aligned too.")
+
+
+@dataclass
+class BatchStats:
+    epoch: int
+    batch: int
+    batches: int
+    loss: float
+    triplets: int
+    images_per_s: float
+
+
+@dataclass
+class EpochRow:
+    epoch: int
+    loss: float
+    triplet_loss: float
+    distill_loss: float
+    triplets_per_batch: float
+    images_per_s: float
+    seconds: float
+    val_accuracy: float | None = None
+    val_threshold: float | None = None
+
+
+@dataclass
+class TrainReport:
+    out: Path
+    record: ModelRecord
+    history: list[EpochRow]
+    images: int
+    people: int
+    skipped_without_teacher: int
+    val_protocol: str | None
+    seconds: float
+    checkpoint: Path | None = None
+
+
+@dataclass
+class Callbacks:
+    on_start: Callable[[int, int, int], None] | None = None  # (images, people, first epoch)
+    on_epoch_start: Callable[[int, int], None] | None = None  # (epoch, batches)
+    on_batch: Callable[[BatchStats], None] | None = None
+    on_epoch: Callable[[EpochRow], None] | None = None
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def batch_seed(seed: int, epoch: int, batch: int, stream: int) -> int:
+    """A seed that depends only on (seed, epoch, batch) and which random stream wants it."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + batch) * 7 + stream
+
+
+# ---------------------------------------------------------------- model and records
+
+
+def start_record(config: TrainConfig) -> tuple[ModelRecord, dict | None]:
+    """The architecture's record and, with --init, the weights to start from."""
+    if config.init is None:
+        return default_record(config.architecture or "nn4.small2"), None
+    from ..hub import load_checkpoint, resolve_model
+
+    record = resolve_model(config.init)
+    if record.architecture not in ARCHITECTURE_NAMES:
+        raise UsageError(f"--init {config.init} is a {record.architecture} model, which facenet train cannot train; "
+                         f"start from an nn4-family checkpoint ({', '.join(ARCHITECTURE_NAMES)}).")
+    if config.architecture is not None and config.architecture != record.architecture:
+        raise UsageError(f"--init {config.init} holds a {record.architecture} network, not {config.architecture}; "
+                         f"drop --model or pass --model {record.architecture}.")
+    state = load_checkpoint(record.weights.path)["state_dict"]
+    base = default_record(record.architecture, record.embedding_dim)
+    return replace(base, align=record.align), state
+
+
+def epoch_record(base: ModelRecord, config: TrainConfig, epoch: int, threshold: float | None,
+                 lfw: dict | None) -> ModelRecord:
+    workdir = Path(config.out).resolve().name
+    how = "distilled from a teacher and triplet-trained" if config.teacher_reps else "triplet-trained"
+    return replace(
+        base, name=f"{base.architecture}@{workdir}-epoch{epoch}", weights=None,
+        threshold=threshold if threshold is not None else base.threshold, lfw=dict(lfw or {}),
+        description=f"{base.architecture} {how} by `facenet train` for {epoch} epochs on {config.aligned}.")
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9)
+    return torch.optim.Adam(params, lr=config.lr)
+
+
+# ---------------------------------------------------------------- checkpoints and logs
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save into a temporary file beside `path`, then rename: never half a checkpoint."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_loss_csv(path: Path, history: list[EpochRow]) -> None:
+    buffer = io.StringIO()
+    out = csv.writer(buffer, lineterminator="\n")
+    out.writerow(CSV_COLUMNS)
+    for row in history:
+        values = asdict(row)
+        out.writerow(["" if values[c] is None else (f"{values[c]:.6g}" if isinstance(values[c], float) else values[c])
+                      for c in CSV_COLUMNS])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def read_loss_history(rows: list[dict]) -> list[EpochRow]:
+    return [EpochRow(**row) for row in rows]
+
+
+# ---------------------------------------------------------------- validation
+
+
+def embed_images(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = to_input(images[start:start + batch_size], device)
+            out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 128), dtype=np.float32)
+
+
+def validate(model: torch.nn.Module, val: ValidationSet, device: torch.device) -> tuple[float, float]:
+    """(accuracy, threshold) of the current network on the validation pairs."""
+    vectors = embed_images(model, val.images.batch(range(len(val.images))), device)
+    reps = Reps(paths=val.keys, labels=np.zeros(len(val.keys), dtype=np.int64), embeddings=vectors)
+    test = pair_distances(val.test, reps)
+    train: PairDistances | None = pair_distances(val.train, reps) if val.train is not None else None
+    result = evaluate_distances(test, val.folds, train)
+    return result.accuracy_mean, float(np.mean([f.threshold for f in result.folds]))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW whose memory is already channels_last (the fast layout on CPU)."""
+    return images.to(device).permute(0, 3, 1, 2).float()
+
+
+def mirror(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each NHWC image flipped left-right with probability 1/2."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(2), images)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, callbacks: Callbacks | None = None,
+                 cache_limit: int = DEFAULT_CACHE_LIMIT):
+        config.check()
+        self.config = config
+        self.callbacks = callbacks or Callbacks()
+        self.device = pick_device(config.device)
+        self.base, init_state = start_record(config)
+        self.out = Path(config.out)
+        # Every input is checked before the network is built or a file written.
+        self.data: TrainingSet = load_training_set(config.aligned, self.base, config.people_per_batch,
+                                                   config.images_per_person, config.teacher_reps, cache_limit)
+        self.val: ValidationSet | None = None
+        if config.val_pairs is not None:
+            self.val = load_validation_set(config.val_pairs, config.val_aligned, self.base, config.val_train_pairs)
+        torch.manual_seed(config.seed)  # the initial weights
+        self.model = FaceNetInception(self.base.architecture, self.base.embedding_dim)
+        if init_state is not None:
+            self.model.load_state_dict(init_state)
+        self.model.to(self.device, memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.sampler = PKBatchSampler(self.data.labels.tolist(), config.people_per_batch, config.images_per_person,
+                                      seed=config.seed, batches_per_epoch=config.batches_per_epoch)
+        self.miner = make_miner(config.miner, config.alpha, config.seed)
+        self.triplet_loss = triplet_loss(config.alpha)
+        self.history: list[EpochRow] = []
+        self.epoch = 0  # epochs completed
+
+    # -- resume
+
+    def restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.epoch = int(checkpoint["epoch"])
+        self.history = read_loss_history(checkpoint["history"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in checkpoint["rng"]:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"])
+
+    # -- one epoch
+
+    def train_epoch(self, epoch: int) -> EpochRow:
+        cfg, model = self.config, self.model
+        model.train()
+        self.sampler.set_epoch(epoch)
+        batches = len(self.sampler)
+        if self.callbacks.on_epoch_start:
+            self.callbacks.on_epoch_start(epoch, batches)
+        started = time.perf_counter()
+        sums = {"loss": 0.0, "triplet": 0.0, "distill": 0.0, "triplets": 0}
+        seen = 0
+        for b, indices in enumerate(self.sampler):
+            images = self.data.images.batch(indices)
+            if cfg.flip:
+                images = mirror(images, torch.Generator().manual_seed(batch_seed(cfg.seed, epoch, b, 1)))
+            labels = self.data.labels[indices].to(self.device)
+            if isinstance(self.miner, OpenFaceTripletMiner):
+                self.miner.generator.manual_seed(batch_seed(cfg.seed, epoch, b, 2))
+            embeddings = model(to_input(images, self.device))
+            triplets = self.miner(embeddings, labels)
+            loss_triplet = self.triplet_loss(embeddings, labels, indices_tuple=triplets)
+            loss = cfg.triplet_weight * loss_triplet
+            loss_distill = torch.zeros(())
+            if self.data.teacher is not None:
+                loss_distill = distillation_loss(embeddings, self.data.teacher[indices].to(self.device))
+                loss = loss + cfg.distill_weight * loss_distill
+            if not torch.isfinite(loss):
+                raise DataError(f"The loss became {loss.item()} in epoch {epoch} batch {b + 1}; lower --lr.")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            seen += len(indices)
+            sums["loss"] += loss.item()
+            sums["triplet"] += loss_triplet.item()
+            sums["distill"] += loss_distill.item()
+            sums["triplets"] += len(triplets[0])
+            if self.callbacks.on_batch:
+                self.callbacks.on_batch(BatchStats(epoch, b + 1, batches, loss.item(), len(triplets[0]),
+                                                   seen / max(time.perf_counter() - started, 1e-9)))
+        seconds = time.perf_counter() - started
+        row = EpochRow(epoch=epoch, loss=sums["loss"] / batches, triplet_loss=sums["triplet"] / batches,
+                       distill_loss=sums["distill"] / batches, triplets_per_batch=sums["triplets"] / batches,
+                       images_per_s=seen / seconds, seconds=seconds)
+        if self.val is not None:
+            row.val_accuracy, row.val_threshold = validate(model, self.val, self.device)
+        return row
+
+    # -- saving
+
+    def record(self) -> ModelRecord:
+        last = self.history[-1] if self.history else None
+        lfw = None
+        if last is not None and last.val_accuracy is not None:
+            lfw = {"val_accuracy": last.val_accuracy, "val_protocol": self.val.protocol, "epoch": last.epoch}
+        return epoch_record(self.base, self.config, self.epoch, last.val_threshold if last else None, lfw)
+
+    def save(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = self.record().to_dict()
+        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        path = self.out / f"checkpoint-epoch{self.epoch:03d}.pt"
+        save_atomic({"record": record, "state_dict": weights, "epoch": self.epoch}, path)
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_atomic({"record": record, "state_dict": weights, "epoch": self.epoch,
+                     "optimizer": self.optimizer.state_dict(), "rng": rng, "config": asdict(self.config),
+                     "history": [asdict(r) for r in self.history]}, self.out / LAST)
+        write_loss_csv(self.out / LOSS_CSV, self.history)
+        if self.history:
+            from ..plots import plot_training  # matplotlib only when there is something to draw
+
+            plot_training(self.history, [self.out / LOSS_PNG])
+        return path
+
+    # -- the run
+
+    def run(self) -> TrainReport:
+        cfg = self.config
+        started = time.perf_counter()
+        if self.callbacks.on_start:
+            self.callbacks.on_start(len(self.data.images), len(self.data.people), self.epoch + 1)
+        checkpoint = None
+        if self.epoch == 0:
+            checkpoint = self.save()  # epoch 0: the starting network, and proof OUT is writable
+        while self.epoch < cfg.epochs:
+            if cfg.minutes is not None and time.perf_counter() - started >= cfg.minutes * 60:
+                break
+            row = self.train_epoch(self.epoch + 1)
+            self.epoch += 1
+            self.history.append(row)
+            checkpoint = self.save()
+            if self.callbacks.on_epoch:
+                self.callbacks.on_epoch(row)
+        return TrainReport(out=self.out, record=self.record(), history=list(self.history),
+                           images=len(self.data.images), people=len(self.data.people),
+                           skipped_without_teacher=self.data.skipped_without_teacher,
+                           val_protocol=self.val.protocol if self.val else None,
+                           seconds=time.perf_counter() - started,
+                           checkpoint=checkpoint or self.out / f"checkpoint-epoch{self.epoch:03d}.pt")
+
+
+def train(config: TrainConfig, callbacks: Callbacks | None = None,
+          cache_limit: int = DEFAULT_CACHE_LIMIT) -> TrainReport:
+    """Train from scratch (or from --init) into config.out; refuses a folder that holds a run."""
+    out = Path(config.out)
+    if (out / LAST).exists():
+        raise UsageError(f"{out} already holds a training run; resume it with `facenet train --resume {out}` "
+                         "or choose another --out.")
+    return Trainer(config, callbacks, cache_limit).run()
+
+
+def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None = None,
+           callbacks: Callbacks | None = None, cache_limit: int = DEFAULT_CACHE_LIMIT) -> TrainReport:
+    """Continue the run in WORKDIR from its last checkpoint, up to `epochs` (default: as configured)."""
+    from ..hub import load_checkpoint
+
+    workdir = Path(workdir)
+    if not (workdir / LAST).is_file():
+        raise UsageError(f"{workdir} holds no {LAST}; give the --out folder of an earlier `facenet train` run.")
+    checkpoint = load_checkpoint(workdir / LAST)
+    if "config" not in checkpoint or "optimizer" not in checkpoint:
+        raise UsageError(f"{workdir / LAST} lacks the training state needed to resume; start a new run with --init.")
+    known = TrainConfig.__dataclass_fields__
+    config = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
+    config = replace(config, out=str(workdir), epochs=epochs if epochs is not None else config.epochs,
+                     minutes=minutes)
+    trainer = Trainer(config, callbacks, cache_limit)
+    trainer.restore(checkpoint)
+    return trainer.run()
+
+
+__all__ = ["BatchStats", "Callbacks", "EpochRow", "TrainConfig", "TrainReport", "Trainer", "batch_seed",
+           "resume", "train"]
