@@ -5,7 +5,7 @@
 On real LFW chips made with dlib: ms per face at batch 1 and batch 32, ours vs dlib's
 compute_face_descriptor (single chip, and its list-of-chips batch call). Then the network's
 achieved FLOP/s (convolutions and fc, counted analytically) against a large fp32 matrix multiply
-timed in the same run. Thread counts are fixed before numpy, torch or dlib load their pools.
+timed alternately with it in the same run. Thread counts are fixed before numpy, torch or dlib load their pools.
 Every figure is the median over --repeats runs.
 """
 from __future__ import annotations
@@ -65,11 +65,27 @@ def torch_runner(model, batch: torch.Tensor, batch_size: int):
     return run
 
 
-def matmul_flops_per_second(repeats: int, size: int = 2048) -> float:
+def interleaved_rates(network_run, network_flops: float, repeats: int, size: int = 2048) -> tuple[float, float, float]:
+    """FLOP/s of the network and of a size x size fp32 matmul, timed alternately so that both
+    see the same load from other processes; returns the medians and the median per-pair ratio."""
     a = torch.randn(size, size)
     b = torch.randn(size, size)
-    seconds = median_seconds(lambda: torch.mm(a, b), repeats)
-    return 2 * size**3 / seconds
+    matmuls = max(1, round(network_flops / (2 * size**3)))  # about as long as one network run
+    network_run()
+    torch.mm(a, b)
+    network_rates, matmul_rates, ratios = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        network_run()
+        network_rate = network_flops / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(matmuls):
+            torch.mm(a, b)
+        matmul_rate = matmuls * 2 * size**3 / (time.perf_counter() - start)
+        network_rates.append(network_rate)
+        matmul_rates.append(matmul_rate)
+        ratios.append(network_rate / matmul_rate)
+    return statistics.median(network_rates), statistics.median(matmul_rates), statistics.median(ratios)
 
 
 def main() -> None:
@@ -104,10 +120,12 @@ def main() -> None:
         print(f"{label:10} {ours_ms:13.2f} {dlib_ms:13.2f} {dlib_ms / ours_ms:10.2f}x")
 
     flops_per_face = conv_flops(model)
-    network_rate = flops_per_face / (rows[1][1] / 1e3)
-    matmul_rate = matmul_flops_per_second(ARGS.repeats)
-    print(f"\nnetwork: {flops_per_face / 1e9:.3f} GFLOP per face; at batch 32 {network_rate / 1e9:.1f} GFLOP/s")
-    print(f"fp32 matmul 2048x2048: {matmul_rate / 1e9:.1f} GFLOP/s; network/matmul = {network_rate / matmul_rate:.2f}")
+    network_rate, matmul_rate, ratio = interleaved_rates(
+        torch_runner(model, batch, 32), flops_per_face * n, ARGS.repeats)
+    print(f"\nnetwork: {flops_per_face / 1e9:.3f} GFLOP per face (convolutions + fc)")
+    print(f"batch 32, timed alternately with fp32 matmul 2048x2048 (median of {ARGS.repeats} pairs):")
+    print(f"  network {network_rate / 1e9:.1f} GFLOP/s, matmul {matmul_rate / 1e9:.1f} GFLOP/s, "
+          f"network/matmul = {ratio:.2f}")
 
     if ARGS.variants:
         print("\nvariants at batch 32 (ms/face):")

@@ -297,6 +297,8 @@ def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
 
 @dataclass
 class Curve:
+    """A published ROC curve, as points in no particular order."""
+
     label: str
     fpr: np.ndarray
     tpr: np.ndarray
@@ -352,6 +354,8 @@ def read_comparisons(folder) -> list[Curve]:
 
 @dataclass
 class FoldResult:
+    """One fold's test: `threshold` chosen on the training pairs, the rest measured on this fold's `pairs`."""
+
     fold: int
     threshold: float
     accuracy: float
@@ -365,6 +369,8 @@ class FoldResult:
 
 @dataclass
 class LfwResult:
+    """The benchmark's numbers (means and numpy's ddof=0 std over folds) and its ROC curves."""
+
     protocol: str
     folds: list[FoldResult]
     accuracy_mean: float

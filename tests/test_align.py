@@ -141,3 +141,14 @@ def test_list_inputs_skips_hidden_and_sorts(tmp_path):
     for name in ["b/2.jpg", "b/1.jpg", "a.jpg", ".DS_Store", ".git/x.jpg"]:
         (tmp_path / name).write_bytes(b"x")
     assert list_inputs(tmp_path) == ["a.jpg", "b/1.jpg", "b/2.jpg"]
+
+
+def test_hog_then_cnn_finds_a_face_hog_misses(lfw_images):
+    """Jelena_Dokic_0004: HOG finds no face even upsampled; the CNN second pass does."""
+    rgb = read_rgb(lfw_images / "Jelena_Dokic" / "Jelena_Dokic_0004.jpg")
+    assert FaceDetector("hog", "auto").detect(rgb) == []
+    boxes = FaceDetector("hog+cnn", 0).detect(rgb)
+    assert len(boxes) >= 1
+    face = choose_faces(boxes, "center", *rgb.shape[:2])[0]
+    cx, cy = face.center
+    assert 80 < cx < 170 and 80 < cy < 170  # the labelled, centred person

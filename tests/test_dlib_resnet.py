@@ -12,7 +12,8 @@ from facenet_cli import resources
 from facenet_cli.catalogue import get_record
 from facenet_cli.errors import DataError
 from facenet_cli.nets import build_network
-from facenet_cli.nets.dlib_resnet import DlibStream, load_dlib_resnet, read_dlib_net, zero_padded_add
+from facenet_cli.nets.dlib_resnet import (DlibStream, load_dlib_resnet, max_pool_unpadded, read_dlib_net,
+                                          zero_padded_add)
 from tests._dlib_chips import lfw_chips
 
 
@@ -103,6 +104,12 @@ def test_zero_padded_add_pads_at_the_end():
     assert total.shape == (1, 3, 2, 2)
     assert total[0, :2, 0, 0].tolist() == [11.0, 11.0]
     assert total.sum().item() == 10.0 * 12 + 2
+
+
+@pytest.mark.parametrize("size", [72, 9, 8])
+def test_separable_max_pool_equals_torchs(size):
+    x = torch.randn(2, 5, size, size + 1).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(max_pool_unpadded(x, (3, 3), (2, 2)), torch.nn.functional.max_pool2d(x, 3, 2))
 
 
 def test_registry_builds_the_catalogued_model(dat_path):

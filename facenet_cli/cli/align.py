@@ -42,7 +42,8 @@ def align_command(
     landmarks: Annotated[Optional[str], typer.Option(
         help=f"Alignment spec instead of the model's: {', '.join(SPECS)}.")] = None,
     size: Annotated[Optional[int], typer.Option(help="Output side in pixels (default: the spec's, e.g. 96 or 150).")] = None,
-    detector: Annotated[str, typer.Option(help="Face detector: hog (fast) or cnn (dlib's MMOD, slower, more recall).")] = "hog",
+    detector: Annotated[str, typer.Option(
+        help="Face detector: hog (fast), cnn (dlib's MMOD: slower, finds turned faces), or hog+cnn (cnn only where hog finds nothing).")] = "hog",
     upsample: Annotated[str, typer.Option(help="Detector upsampling 0-4, or auto: 0 first, more only when no face is found.")] = "auto",
     faces: Annotated[str, typer.Option(help="Several faces: largest, center (nearest the image centre), all, skip-multi.")] = "largest",
     fallback: Annotated[str, typer.Option(help="No face found: none (record it), or center (landmarks on the centre box, for centred datasets such as LFW).")] = "none",

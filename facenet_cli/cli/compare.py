@@ -45,7 +45,7 @@ def compare_command(
 def print_comparison(result: Comparison) -> None:
     table = Table(title=f"{result.model}: squared L2 distance, same person at <= {result.threshold:.3f}")
     for column in ("face", "face", "distance", "verdict"):
-        table.add_column(column, justify="right" if column == "distance" else "left")
+        table.add_column(column, justify="right" if column == "distance" else "left", overflow="fold")
     for a, b, distance, same in result.pairs():
         table.add_row(a.label, b.label, f"{distance:.3f}", "same" if same else "different")
     console.print(table)

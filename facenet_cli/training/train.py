@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -354,14 +353,15 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         record = self.record().to_dict()
         weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        path = self.out / f"checkpoint-epoch{self.epoch:03d}.pt"
-        save_atomic({"record": record, "state_dict": weights, "epoch": self.epoch}, path)
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
+        # last.pt first: once checkpoint-epochNNN.pt exists, a resume starts after epoch NNN.
         save_atomic({"record": record, "state_dict": weights, "epoch": self.epoch,
                      "optimizer": self.optimizer.state_dict(), "rng": rng, "config": asdict(self.config),
                      "history": [asdict(r) for r in self.history]}, self.out / LAST)
+        path = self.out / f"checkpoint-epoch{self.epoch:03d}.pt"
+        save_atomic({"record": record, "state_dict": weights, "epoch": self.epoch}, path)
         write_loss_csv(self.out / LOSS_CSV, self.history)
         if self.history:
             from ..plots import plot_training  # matplotlib only when there is something to draw

@@ -1,0 +1,334 @@
+"""`facenet train` on a few real LFW people: learning, exact resume (also after SIGKILL),
+checkpoints usable as --model, distillation, and bad input refused before training."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from facenet_cli.align_specs import get_spec
+from facenet_cli.cli import app
+from facenet_cli.embed import Embedder
+from facenet_cli.hub import load_checkpoint, resolve_model
+from facenet_cli.jobs import SPEC_FILE, AlignJob, align_tree
+from facenet_cli.reps import RepsWriter, read_reps
+from facenet_cli.training import triplet_loss
+from facenet_cli.training.train import TrainConfig, resume, train
+
+from .conftest import ROOT
+from .helpers import copy_people
+
+PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder", "Ariel_Sharon"]
+TRAIN_IMAGES = 4  # per person in the training folder; images 5 and 6 are held out
+runner = CliRunner()
+# One thread: on shared, busy cores two OpenMP threads spin against each other (10x slower),
+# and the killed subprocess must compute exactly like this process.
+THREADS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def aligned_all(lfw_images, tmp_path_factory) -> Path:
+    """The first 6 images of each person, aligned for nn4 (96 px outerEyesAndNose)."""
+    root = tmp_path_factory.mktemp("train-data")
+    raw = copy_people(lfw_images, root / "raw", {p: 6 for p in PEOPLE})
+    align_tree(raw, root / "aligned-all", AlignJob(spec=get_spec("outerEyesAndNose"), fallback="center"), workers=1)
+    return root / "aligned-all"
+
+
+def subset(aligned: Path, dest: Path, images: slice, people=PEOPLE) -> Path:
+    """A copy of `aligned` with a slice of each person's images (and its align-spec.json)."""
+    dest.mkdir(parents=True)
+    shutil.copy(aligned / SPEC_FILE, dest / SPEC_FILE)
+    for person in people:
+        (dest / person).mkdir()
+        for f in sorted((aligned / person).glob("*.png"))[images]:
+            shutil.copy(f, dest / person / f.name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def aligned(aligned_all, tmp_path_factory) -> Path:
+    return subset(aligned_all, tmp_path_factory.mktemp("train") / "aligned", slice(0, TRAIN_IMAGES))
+
+
+def small(aligned: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(aligned=str(aligned), out=str(out), architecture="nn4.small2", people_per_batch=4,
+                    images_per_person=3, epochs=3, batches_per_epoch=2, device="cpu", seed=7)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def weights(path: Path) -> dict:
+    return load_checkpoint(path)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def straight_run(aligned, tmp_path_factory) -> Path:
+    """Three epochs without interruption: the reference for the resume tests."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(small(aligned, out))
+    return out
+
+
+# ---------------------------------------------------------------- learning
+
+
+def held_out_loss(checkpoint: Path, aligned_all: Path) -> float:
+    """Mean triplet loss over every triplet of the held-out images (5th and 6th of each person)."""
+    embedder = Embedder(resolve_model(checkpoint), device="cpu")
+    from facenet_cli.images import read_rgb
+
+    files = [sorted((aligned_all / p).glob("*.png"))[TRAIN_IMAGES:] for p in PEOPLE]
+    images = [read_rgb(f) for group in files for f in group]
+    labels = torch.tensor([i for i, group in enumerate(files) for _ in group])
+    emb = torch.from_numpy(embedder.embed(images))
+    same = labels[:, None] == labels[None, :]
+    a, p, n = torch.nonzero(same[:, :, None] & ~same[:, None, :] & ~torch.eye(len(labels), dtype=torch.bool)[:, :, None],
+                            as_tuple=True)
+    return float(triplet_loss()(emb, labels, indices_tuple=(a, p, n)))
+
+
+def test_training_lowers_the_loss_on_a_held_out_batch(aligned, aligned_all, tmp_path):
+    out = tmp_path / "run"
+    report = train(small(aligned, out, epochs=3, batches_per_epoch=4, lr=1e-3))
+    assert [row.epoch for row in report.history] == [1, 2, 3]
+    before = held_out_loss(out / "checkpoint-epoch000.pt", aligned_all)
+    after = held_out_loss(out / "last.pt", aligned_all)
+    assert after < before
+    lines = (out / "loss.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,loss,triplet_loss,distill_loss,triplets_per_batch,images_per_s")
+    assert len(lines) == 4
+    assert (out / "loss.png").stat().st_size > 0
+    assert all(row.triplets_per_batch > 0 and row.images_per_s > 0 for row in report.history)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_resume_equals_the_uninterrupted_run(aligned, straight_run, tmp_path):
+    out = tmp_path / "run"
+    train(small(aligned, out, epochs=1))
+    report = resume(out, epochs=3)
+    assert [row.epoch for row in report.history] == [1, 2, 3]
+    assert_same_weights(weights(out / "last.pt"), weights(straight_run / "last.pt"))
+    assert_same_weights(weights(out / "checkpoint-epoch002.pt"), weights(straight_run / "checkpoint-epoch002.pt"))
+    straight = load_checkpoint(straight_run / "last.pt")
+    resumed = load_checkpoint(out / "last.pt")
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in straight["history"]]
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(aligned, straight_run, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "facenet_cli", "train", str(aligned), "--out", str(out), "--model", "nn4.small2",
+               "--people-per-batch", "4", "--images-per-person", "3", "--epochs", "3", "--batches-per-epoch", "2",
+               "--device", "cpu", "--seed", "7"]
+    process = subprocess.Popen(command, cwd=ROOT, env=THREADS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint-epoch001.pt").exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    stopped_at = load_checkpoint(out / "last.pt")["epoch"]
+    assert 1 <= stopped_at < 3
+    assert not list(out.glob(".*.part"))  # a kill mid-save leaves no half file behind under the real names
+    result = runner.invoke(app, ["train", "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    assert_same_weights(weights(out / "last.pt"), weights(straight_run / "last.pt"))
+
+
+# ---------------------------------------------------------------- the checkpoint as a model
+
+
+def test_checkpoint_is_a_model_for_represent(aligned, straight_run, tmp_path):
+    record = resolve_model(straight_run / "last.pt")
+    assert record.architecture == "nn4.small2"
+    assert record.align == get_spec("outerEyesAndNose")
+    assert record.name == "nn4.small2@run-epoch3"
+    assert record.weights is not None and record.weights.path == str((straight_run / "last.pt").resolve())
+    embedder = Embedder(record, device="cpu")
+    assert_same_weights({k: v for k, v in embedder.network.state_dict().items()}, weights(straight_run / "last.pt"))
+
+    reps_dir = tmp_path / "reps"
+    result = runner.invoke(app, ["represent", str(aligned), str(reps_dir), "--model", str(straight_run / "last.pt"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    reps = read_reps(reps_dir)
+    assert reps.embeddings.shape == (len(PEOPLE) * TRAIN_IMAGES, 128)
+    assert reps.meta["model"]["align"]["name"] == "outerEyesAndNose"
+
+    # represent refuses a folder aligned another way, naming the spec the checkpoint needs.
+    chips = subset(aligned, tmp_path / "chips", slice(0, 1))
+    spec = json.loads((chips / SPEC_FILE).read_text())
+    spec["spec"] = get_spec("dlib-chip").to_dict()
+    (chips / SPEC_FILE).write_text(json.dumps(spec))
+    result = runner.invoke(app, ["represent", str(chips), str(tmp_path / "bad"), "--model",
+                                 str(straight_run / "last.pt"), "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "outerEyesAndNose" in result.output
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def write_teacher(folder: Path, paths: list[str], seed: int = 0) -> Path:
+    """Synthetic teacher vectors keyed by the real LFW image paths (.jpg, another root): one
+    direction per person plus noise, all sharing a large common offset as real teachers do."""
+    g = np.random.default_rng(seed)
+    people = sorted({Path(p).parent.name for p in paths})
+    centres = {p: g.normal(size=128) for p in people}
+    common = 5 * g.normal(size=128)
+    with RepsWriter(folder, len(paths), 128, {"model": "synthetic"}) as writer:
+        for p in paths:
+            person = Path(p).parent.name
+            vector = common + centres[person] + 0.3 * g.normal(size=128)
+            writer.add(p, person, (vector / np.linalg.norm(vector)).astype(np.float32))
+    return folder
+
+
+def test_distillation_follows_the_teacher(aligned, lfw_images, tmp_path):
+    images = [str(f) for p in PEOPLE for f in sorted((lfw_images / p).glob("*.jpg"))[:TRAIN_IMAGES]]
+    # One image per person lacks a teacher row: it is left out, and the report says so.
+    teacher = write_teacher(tmp_path / "teacher", [p for i, p in enumerate(images) if i % TRAIN_IMAGES != 0])
+    out = tmp_path / "run"
+    report = train(small(aligned, out, teacher_reps=str(teacher), triplet_weight=0.0, epochs=3,
+                         batches_per_epoch=3, images_per_person=2, lr=2e-3))
+    assert report.skipped_without_teacher == len(PEOPLE)
+    assert report.images == len(PEOPLE) * (TRAIN_IMAGES - 1)
+    distill = [row.distill_loss for row in report.history]
+    assert distill[-1] < distill[0]
+    assert all(row.triplet_loss >= 0 for row in report.history)
+    assert load_checkpoint(out / "last.pt")["config"]["teacher_reps"] == str(teacher)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["train", *args, "--device", "cpu"])
+
+
+def test_missing_aligned_folder(tmp_path):
+    result = invoke(str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "facenet align" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_person_is_not_enough(aligned, tmp_path):
+    one = subset(aligned, tmp_path / "one", slice(0, 4), people=PEOPLE[:1])
+    result = invoke(str(one), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert "at least 2 people" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_few_images_per_person_says_what_to_change(aligned, tmp_path):
+    result = invoke(str(aligned), "--out", str(tmp_path / "run"))  # OpenFace's K=20 > 4 images each
+    assert result.exit_code == 1
+    assert "Only 0 of 6 people have 20 or more images" in result.output
+    assert "--people-per-batch" in result.output and "--images-per-person" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_folder_aligned_for_another_model(aligned, tmp_path):
+    chips = subset(aligned, tmp_path / "chips", slice(0, 4))
+    spec = json.loads((chips / SPEC_FILE).read_text())
+    spec["spec"] = get_spec("dlib-chip").to_dict()
+    (chips / SPEC_FILE).write_text(json.dumps(spec))
+    result = invoke(str(chips), "--out", str(tmp_path / "run"), "--people-per-batch", "4", "--images-per-person", "3")
+    assert result.exit_code == 1
+    assert "dlib-chip" in result.output and "--landmarks outerEyesAndNose --size 96" in result.output
+
+
+def test_init_checkpoint_of_another_architecture(aligned, straight_run, tmp_path):
+    result = invoke(str(aligned), "--out", str(tmp_path / "run"), "--model", "nn4", "--init",
+                    str(straight_run / "last.pt"), "--people-per-batch", "4", "--images-per-person", "3")
+    assert result.exit_code == 1
+    assert "holds a nn4.small2 network, not nn4" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_teacher_covering_no_training_image(aligned, tmp_path):
+    teacher = write_teacher(tmp_path / "teacher", ["/elsewhere/Someone_Else/Someone_Else_0001.jpg"])
+    result = invoke(str(aligned), "--out", str(tmp_path / "run"), "--teacher-reps", str(teacher),
+                    "--people-per-batch", "4", "--images-per-person", "3")
+    assert result.exit_code == 1
+    assert "cover no training image" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_not_overwritten(aligned, straight_run):
+    result = invoke(str(aligned), "--out", str(straight_run), "--people-per-batch", "4", "--images-per-person", "3")
+    assert result.exit_code == 1
+    assert "--resume" in result.output
+
+
+# ---------------------------------------------------------------- validation
+
+
+def write_view1_pairs(path: Path, count: int = 10) -> Path:
+    """A View 1 pairs file over the test people's first 6 images: `count` matched, `count` mismatched."""
+    matched = [(PEOPLE[i % 6], 1 + i % 3, 4 + i % 3) for i in range(count)]
+    mismatched = [(PEOPLE[i % 6], 1 + i % 6, PEOPLE[(i + 1) % 6], 1 + (i + 2) % 6) for i in range(count)]
+    lines = [str(count)] + ["\t".join(map(str, m)) for m in matched] + ["\t".join(map(str, m)) for m in mismatched]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_validation_accuracy_every_epoch(aligned, aligned_all, tmp_path):
+    test_pairs = write_view1_pairs(tmp_path / "pairsDevTest.txt")
+    report = train(small(aligned, tmp_path / "cv", epochs=1, batches_per_epoch=1, val_pairs=str(test_pairs),
+                         val_aligned=str(aligned_all)))
+    assert report.val_protocol == "10-fold cross-validation on pairsDevTest.txt"
+    assert 0.0 <= report.history[0].val_accuracy <= 1.0
+    row = (tmp_path / "cv" / "loss.csv").read_text().splitlines()[1].split(",")
+    assert row[0] == "1" and row[7] != ""
+
+    train_pairs = write_view1_pairs(tmp_path / "pairsDevTrain.txt", count=8)
+    report = train(small(aligned, tmp_path / "view1", epochs=1, batches_per_epoch=1, val_pairs=str(test_pairs),
+                         val_train_pairs=str(train_pairs), val_aligned=str(aligned_all)))
+    assert report.val_protocol == "threshold from pairsDevTrain.txt, accuracy on pairsDevTest.txt"
+    record = resolve_model(tmp_path / "view1" / "last.pt")
+    assert record.threshold == pytest.approx(report.history[0].val_threshold)
+    assert record.lfw["val_accuracy"] == report.history[0].val_accuracy
+
+
+def test_validation_needs_both_options(aligned, tmp_path):
+    result = invoke(str(aligned), "--out", str(tmp_path / "run"), "--val-pairs", "x.txt")
+    assert result.exit_code == 1
+    assert "--val-pairs and --val-aligned go together" in result.output
+
+
+def test_images_decoded_per_batch_train_like_the_cache(aligned, tmp_path):
+    cached = train(small(aligned, tmp_path / "cached", epochs=1, batches_per_epoch=1))
+    streamed = train(small(aligned, tmp_path / "streamed", epochs=1, batches_per_epoch=1), cache_limit=0)
+    assert cached.history[0].loss == streamed.history[0].loss
+    assert_same_weights(weights(tmp_path / "cached" / "last.pt"), weights(tmp_path / "streamed" / "last.pt"))
