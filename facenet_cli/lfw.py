@@ -135,9 +135,25 @@ class PairDistances:
     missing_images: list[str]  # keys of the images without an embedding, sorted
 
 
-def pair_distances(pairs: Pairs, reps: Reps, on_missing: str = "wrong") -> PairDistances:
+def processed_people(reps: Reps) -> set[str]:
+    """People whose images went through `facenet align` for these reps, per its report.
+
+    A person with no embedding at all is then a face that was not found (counted as wrong
+    answers), not a sign that the reps come from other images.
+    """
+    aligned = reps.meta.get("aligned")
+    report = Path(aligned) / "align-report.csv" if aligned else None
+    if report is None or not report.is_file():
+        return set()
+    with open(report, newline="", encoding="utf-8") as fh:
+        return {PurePath(row["input"]).parent.name for row in csv.DictReader(fh) if row.get("input")}
+
+
+def pair_distances(pairs: Pairs, reps: Reps, on_missing: str = "wrong",
+                   processed: set[str] | None = None) -> PairDistances:
     """Distances for every pair. `on_missing`: "wrong" counts pairs missing an embedding as
-    wrong answers, "fail" raises DataError on the first one."""
+    wrong answers, "fail" raises DataError on the first one. `processed`: people known to have
+    been aligned (see `processed_people`); any other person without an embedding is an error."""
     if on_missing not in ("wrong", "fail"):
         raise UsageError(f"on_missing must be 'wrong' or 'fail', not {on_missing!r}.")
     index: dict[str, int] = {}
@@ -145,7 +161,7 @@ def pair_distances(pairs: Pairs, reps: Reps, on_missing: str = "wrong") -> PairD
         # An image with several faces keeps its first row, the one represent wrote first.
         index.setdefault(path_key(p), row)
     people = {key.split("/", 1)[0] for key in index}
-    absent = sorted({n for n in pairs.name1 + pairs.name2} - people)
+    absent = sorted({n for n in pairs.name1 + pairs.name2} - people - (processed or set()))
     if absent:
         raise DataError(f"{len(absent)} people of {pairs.path.name} (e.g. {absent[0]}) have no embedding at all; "
                         "pass the representation folder made from the LFW images these pairs come from.")
@@ -458,14 +474,15 @@ def evaluate_lfw(reps, pairs_file, out_dir, comparisons=None, dev_train=None, on
     if not isinstance(reps, Reps):
         reps = read_reps(reps)
     pairs = read_pairs(pairs_file)
+    processed = processed_people(reps)
     train = None
     if dev_train is not None:
         train_pairs = read_pairs(dev_train)
-        train = pair_distances(train_pairs, reps, on_missing)
+        train = pair_distances(train_pairs, reps, on_missing, processed)
     elif pairs.view == 1:
         raise UsageError(f"{pairs.path.name} is a View 1 file with no folds; give its training pairs "
                          "(pairsDevTrain.txt) too, or use View 2's pairs.txt.")
-    test = pair_distances(pairs, reps, on_missing)
+    test = pair_distances(pairs, reps, on_missing, processed)
     curves = read_comparisons(comparisons) if comparisons is not None else []
     label = label or str(reps.meta.get("model") or "this model")
     result = evaluate_distances(test, pairs.fold, train, far_target, label)

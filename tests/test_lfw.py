@@ -157,6 +157,23 @@ def test_person_absent_from_reps_is_an_error(tmp_path):
         evaluate_lfw(reps_of(built), built[0], tmp_path / "out")
 
 
+def test_person_aligned_without_a_face_counts_as_missing_not_absent(tmp_path):
+    """A person whose every image had no face is in the align report: wrong answers, no error."""
+    built = build(tmp_path, [clean_fold()] * 10)
+    text = built[0].read_text().replace("pairs_S4_1\t1\t2", "Faceless_One\t1\t2")
+    built[0].write_text(text)
+    aligned = tmp_path / "aligned"
+    aligned.mkdir()
+    (aligned / "align-report.csv").write_text(
+        "input,status,outputs,detail\nFaceless_One/Faceless_One_0001.jpg,no-face,,no face found\n"
+        "Faceless_One/Faceless_One_0002.jpg,no-face,,no face found\n")
+    reps = reps_of(built)
+    reps.meta["aligned"] = str(aligned)
+    result = evaluate_lfw(reps, built[0], tmp_path / "out")
+    assert result.missing_pairs == 1
+    assert result.missing_images == ["Faceless_One/Faceless_One_0001", "Faceless_One/Faceless_One_0002"]
+
+
 @pytest.mark.parametrize("content, message", [
     ("hello\nA\t1\t2\n", "not an LFW pairs file"),
     ("", "not an LFW pairs file"),

@@ -69,6 +69,12 @@ def test_cli(reps_dir, tmp_path):
     assert "Mapped 27 faces of 3 people" in ok.output
     named = runner.invoke(app, ["tsne", str(reps_dir), "--names", "Tony_Blair,Colin_Powell", "--out", str(tmp_path)])
     assert named.exit_code == 0, named.output
+    spaced = runner.invoke(app, ["tsne", str(reps_dir), "--names", "Tony_Blair", "Colin_Powell", "George_W_Bush",
+                                 "--out", str(tmp_path / "spaced")])
+    assert spaced.exit_code == 0, spaced.output
+    assert "of 3 people" in spaced.output
+    stray = runner.invoke(app, ["tsne", str(reps_dir), "extra", "--top", "2", "--out", str(tmp_path)])
+    assert stray.exit_code == 1 and "put people's names after --names" in stray.output
     unknown = runner.invoke(app, ["tsne", str(reps_dir), "--names", "Nobody", "--out", str(tmp_path)])
     assert unknown.exit_code == 1
     assert "Error: 1 of the names have no faces" in unknown.output

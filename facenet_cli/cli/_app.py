@@ -33,8 +33,13 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def command(fn: Callable) -> Callable:
-    """Register a command whose library errors become `Error: ...` and exit code 1."""
+def command(fn: Callable | None = None, **settings) -> Callable:
+    """Register a command whose library errors become `Error: ...` and exit code 1.
+
+    `settings` go to Typer's `app.command` (e.g. context_settings), as `@command(...)`.
+    """
+    if fn is None:
+        return lambda f: command(f, **settings)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -47,7 +52,7 @@ def command(fn: Callable) -> Callable:
             raise typer.Exit(130)
 
     name = fn.__name__.replace("_command", "").replace("_", "-")
-    return app.command(name)(wrapper)
+    return app.command(name, **settings)(wrapper)
 
 
 # Shared options. Annotated cannot carry a default, so commands write

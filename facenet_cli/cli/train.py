@@ -35,7 +35,8 @@ def train_command(
     miner: Annotated[str, typer.Option(help="Triplet selection: openface, semihard or batch-hard.")] = "openface",
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror half the training images at random.")] = True,
     teacher_reps: Annotated[Optional[Path], typer.Option(
-        help="Distil from this `facenet represent` folder of the same images (teacher's own alignment).")] = None,
+        help="Distil from this `facenet represent` folder of the same images (teacher's own alignment); "
+        "rows match by <person>/<image name>, images without a row are left out.")] = None,
     distill_weight: Annotated[float, typer.Option(help="Weight of the distillation term (1 - cosine to the teacher).")] = 1.0,
     triplet_weight: Annotated[float, typer.Option(help="Weight of the triplet term (0: pure distillation).")] = 1.0,
     val_pairs: Annotated[Optional[Path], typer.Option(help="LFW pairs to validate on every epoch (e.g. pairsDevTest.txt).")] = None,

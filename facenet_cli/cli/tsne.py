@@ -6,24 +6,30 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import UsageError
 from ..tsne import tsne_map
 from ._app import command, console
 
 
-@command
+# `--names A B C`: Typer options take one value each, so the names after the first arrive
+# as extra arguments; the context collects them.
+@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def tsne_command(
+    ctx: typer.Context,
     reps: Annotated[Path, typer.Argument(help="Representation folder (labels.csv with reps.npy or reps.csv).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for tsne.png, tsne.pdf and tsne.csv.")],
     names: Annotated[Optional[list[str]], typer.Option(
-        help="People to map (image folder names); repeat the option or separate names with commas.")] = None,
+        help="People to map (image folder names): --names A B C, --names A,B,C or the option repeated.")] = None,
     top: Annotated[Optional[int], typer.Option(help="Map the K people with the most faces instead of --names.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same map.")] = 0,
 ) -> None:
     """Map faces to 2-D with PCA then t-SNE, one colour per person.
 
-    Example: facenet tsne reps/ --names George_W_Bush,Colin_Powell,Tony_Blair --out tsne
+    Example: facenet tsne reps/ --names George_W_Bush Colin_Powell Tony_Blair --out tsne
     """
-    people = [n for value in names or [] for n in value.split(",")]
+    if ctx.args and not names:
+        raise UsageError(f"Unexpected arguments {' '.join(ctx.args)}; put people's names after --names.")
+    people = [n for value in [*(names or []), *ctx.args] for n in value.split(",") if n]
     result = tsne_map(reps, out, names=people or None, top=top, seed=seed)
     console.print(f"Mapped {len(result.people)} faces of {len(set(result.people))} people; "
                   f"see {result.files['png']} and {result.files['pdf']}.")

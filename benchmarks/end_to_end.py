@@ -1,0 +1,231 @@
+"""Raw LFW photos to embeddings: our pipeline against face_recognition's default one, side by side.
+
+    python benchmarks/end_to_end.py [--images 1000] [--repeats 1]
+
+Both sides get the same images (`lfw_sample`) and two processes:
+
+- ours: what `facenet represent RAW OUT --photos --workers 2` runs: `align_tree` with the
+  dlib-resnet.v1 record's spec (default AlignJob: HOG, upsample auto, largest face) in 2
+  processes, then `represent_tree` with an Embedder on the CPU (torch's default threads).
+- theirs: face_recognition's defaults, called on dlib directly (the package imports
+  pkg_resources): per image, load RGB with PIL, HOG detector at upsample 1, and for every face
+  found the 5-point shape predictor and `compute_face_descriptor(img, shape, num_jitters=1)`;
+  2 processes (multiprocessing, fork), each loading the models once.
+
+Each run is a fresh Python process (so that peak RSS is that side's alone); the sides alternate
+(ours first on even repeats, theirs first on odd ones) so that load from other jobs hits both
+alike. Timed from before the models load to the last embedding (imports excluded; the process's
+whole wall time is shown too). Figures are medians over --repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODEL = "dlib-resnet.v1"
+WORKERS = 2
+
+
+def peak_rss_mib() -> dict[str, float]:
+    """ru_maxrss of this process and of its largest waited-for child (Linux reports KiB)."""
+    return {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+# ---------------------------------------------------------------- ours
+
+def run_ours(raw: Path, out: Path) -> dict:
+    from facenet_cli.embed import Embedder
+    from facenet_cli.hub import resolve_model
+    from facenet_cli.jobs import AlignJob, align_tree
+    from facenet_cli.represent import represent_tree
+
+    t0 = time.perf_counter()
+    embedder = Embedder(resolve_model(MODEL), device="cpu")
+    t1 = time.perf_counter()
+    job = AlignJob(spec=embedder.record.align)
+    aligned = align_tree(raw, out / "aligned", job, workers=WORKERS)
+    t2 = time.perf_counter()
+    reps = represent_tree(out / "aligned", out, embedder)
+    t3 = time.perf_counter()
+    import torch
+
+    counts = aligned.counts
+    return {"seconds": t3 - t0, "load": t1 - t0, "align": t2 - t1, "embed": t3 - t2,
+            "images": aligned.total, "faces": reps.count,
+            "missed": counts["no-face"] + counts["multiple-faces"] + counts["unreadable"],
+            "counts": counts, "align_stage_ms": aligned.stage_ms(),
+            "missed_files": sorted(o.input for o in aligned.outcomes
+                                   if o.status in ("no-face", "multiple-faces", "unreadable")),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rss_mib": peak_rss_mib()}
+
+
+# ---------------------------------------------------------------- theirs (face_recognition's defaults)
+
+_DLIB = None
+
+
+def _init_theirs() -> None:
+    import dlib
+
+    from facenet_cli import resources
+
+    global _DLIB
+    _DLIB = (dlib.get_frontal_face_detector(),
+             dlib.shape_predictor(str(resources.dlib_model_path(resources.SHAPE_PREDICTOR_5))),
+             dlib.face_recognition_model_v1(str(resources.dlib_model_path(resources.DLIB_RESNET))))
+
+
+def _encode_theirs(path: str):
+    """face_recognition.load_image_file + face_encodings(img) with its defaults."""
+    import numpy as np
+    from PIL import Image
+
+    detector, predictor, encoder = _DLIB
+    img = np.array(Image.open(path).convert("RGB"))          # load_image_file(mode="RGB")
+    rects = detector(img, 1)                                  # _raw_face_locations(img, 1, "hog")
+    shapes = [predictor(img, rect) for rect in rects]         # model="small": 5-point
+    vectors = [np.array(encoder.compute_face_descriptor(img, shape, 1)) for shape in shapes]
+    areas = [r.width() * r.height() for r in rects]
+    largest = vectors[int(np.argmax(areas))].astype(np.float32) if vectors else None
+    return len(vectors), largest
+
+
+def run_theirs(raw: Path, out: Path) -> dict:
+    from multiprocessing import get_context
+
+    import dlib
+    import numpy as np
+
+    files = sorted(str(p) for p in raw.glob("*/*.jpg"))
+    chunk = max(1, min(16, len(files) // (WORKERS * 4) or 1))  # as align_tree chunks
+    t0 = time.perf_counter()
+    with get_context("fork").Pool(WORKERS, initializer=_init_theirs) as pool:
+        results = list(pool.imap(_encode_theirs, files, chunksize=chunk))
+    seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    keep = [(Path(f).relative_to(raw).with_suffix("").as_posix(), v) for f, (_, v) in zip(files, results)
+            if v is not None]
+    np.save(out / "largest.npy", np.stack([v for _, v in keep]) if keep else np.zeros((0, 128), np.float32))
+    (out / "largest.json").write_text(json.dumps([k for k, _ in keep]))
+    return {"seconds": seconds, "images": len(files), "faces": sum(n for n, _ in results),
+            "missed": sum(1 for n, _ in results if n == 0),
+            "multi": sum(1 for n, _ in results if n > 1),
+            "missed_files": [Path(f).relative_to(raw).as_posix() for f, (n, _) in zip(files, results) if n == 0],
+            "dlib": dlib.__version__, "rss_mib": peak_rss_mib()}
+
+
+# ---------------------------------------------------------------- the comparison
+
+def agreement(ours_dir: Path, theirs_dir: Path) -> tuple[int, float, float]:
+    """Faces both sides embedded: count, median and min cosine of ours vs theirs' largest face."""
+    import numpy as np
+
+    ours = np.load(ours_dir / "reps.npy")
+    names = [Path(line.split(",", 1)[1].strip()) for line in (ours_dir / "labels.csv").read_text().splitlines()]
+    ours_by = {f"{p.parent.name}/{p.stem}": v for p, v in zip(names, ours)}
+    theirs = np.load(theirs_dir / "largest.npy")
+    keys = json.loads((theirs_dir / "largest.json").read_text())
+    pairs = [(ours_by[k], t) for k, t in zip(keys, theirs) if k in ours_by]
+    if not pairs:
+        return 0, float("nan"), float("nan")
+    a = np.stack([p[0] for p in pairs])
+    b = np.stack([p[1] for p in pairs])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return len(pairs), float(np.median(cos)), float(cos.min())
+
+
+def child(side: str, raw: Path, out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    result = run_ours(raw, out) if side == "ours" else run_theirs(raw, out)
+    print("RESULT " + json.dumps(result))
+
+
+def launch(side: str, raw: Path, out: Path) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--side", side, "--raw", str(raw), "--out", str(out)],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{side} failed:\n{proc.stdout}\n{proc.stderr}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    result["wall"] = wall
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--side", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        child(args.side, args.raw, args.out)
+        return
+
+    sys.path.insert(0, str(HERE))
+    from _common import lfw_sample, make_tree, median
+
+    # No torch or dlib here: a child's ru_maxrss starts from this process's RSS at the fork.
+    work = Path(tempfile.mkdtemp(prefix="facenet-e2e-"))
+    raw = make_tree(lfw_sample(args.images), work / "raw")
+    load_before = os.getloadavg()
+    runs: dict[str, list[dict]] = {"ours": [], "theirs": []}
+    for repeat in range(args.repeats):
+        order = ("ours", "theirs") if repeat % 2 == 0 else ("theirs", "ours")
+        for side in order:
+            runs[side].append(launch(side, raw, work / side))
+            r = runs[side][-1]
+            print(f"  repeat {repeat + 1} {side:6}: {r['images'] / r['seconds']:6.2f} images/s "
+                  f"({r['seconds']:.1f} s; load {os.getloadavg()[0]:.2f})", flush=True)
+    load_after = os.getloadavg()
+    both, median_cos, min_cos = agreement(work / "ours", work / "theirs")
+    shutil.rmtree(work, ignore_errors=True)
+
+    def med(side: str, key: str) -> float:
+        return median([r[key] for r in runs[side]])
+
+    ours_rate = median([r["images"] / r["seconds"] for r in runs["ours"]])
+    theirs_rate = median([r["images"] / r["seconds"] for r in runs["theirs"]])
+    o, t = runs["ours"][-1], runs["theirs"][-1]
+    n = o["images"]
+    print(f"\nraw LFW photos -> {MODEL} embeddings, {n} images, {WORKERS} processes each, "
+          f"median of {args.repeats}; {os.cpu_count()} CPUs, torch {o['torch']} "
+          f"({o['torch_threads']} threads), dlib {t['dlib']}")
+    print(f"load average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    print(f"{'':34} {'images/s':>9} {'seconds':>8} {'process s':>10} {'faces':>6} {'missed':>7}")
+    print(f"{'ours (align_tree + represent_tree)':34} {ours_rate:9.2f} {med('ours', 'seconds'):8.1f} "
+          f"{med('ours', 'wall'):10.1f} {o['faces']:6d} {o['missed']:7d}")
+    print(f"{'theirs (face_recognition defaults)':34} {theirs_rate:9.2f} {med('theirs', 'seconds'):8.1f} "
+          f"{med('theirs', 'wall'):10.1f} {t['faces']:6d} {t['missed']:7d}")
+    print(f"ratio ours / theirs: {ours_rate / theirs_rate:.2f}x (target >= 10x)")
+    print(f"ours, by stage (median s): load model {med('ours', 'load'):.2f}, align {med('ours', 'align'):.1f}, "
+          f"embed {med('ours', 'embed'):.1f}")
+    print("ours, align ms per image per worker: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in o["align_stage_ms"].items()))
+    print(f"ours, align outcomes: {o['counts']}")
+    print(f"theirs: {t['multi']} images with more than one face (all encoded); "
+          f"missed = images with no face found")
+    same = "the same images" if o["missed_files"] == t["missed_files"] else "different images"
+    print(f"missed, {same}: ours {o['missed_files']}; theirs {t['missed_files']}")
+    print(f"peak RSS ours: main {o['rss_mib']['self']:.0f} MiB, largest worker {o['rss_mib']['children']:.0f} MiB; "
+          f"theirs: main {t['rss_mib']['self']:.0f} MiB, largest worker {t['rss_mib']['children']:.0f} MiB")
+    print(f"agreement on {both} faces both embedded (ours vs theirs' largest face): "
+          f"cosine median {median_cos:.4f}, min {min_cos:.4f}")
+
+
+if __name__ == "__main__":
+    main()
