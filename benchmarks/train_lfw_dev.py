@@ -128,6 +128,7 @@ def main() -> None:
                         help="teacher reps for distill: `facenet represent` of dlib chips (all LFW is fine; "
                         "rows are matched to training images by <person>/<image>)")
     parser.add_argument("--minutes", default="10", help="wall-clock training budget")
+    parser.add_argument("--name", help="work/train-dev/ sub-folder of the run (default: the step's name)")
     parser.add_argument("--epochs", default="1000", help="upper bound; --minutes usually stops first")
     parser.add_argument("--people", default="30")
     parser.add_argument("--images", default="4")
@@ -146,9 +147,9 @@ def main() -> None:
              "--people-per-batch", args.people, "--images-per-person", args.images, "--seed", "0"])
         evaluate(str(out / "last.pt"), "random")
     elif args.step == "triplet":
-        train(args, "triplet", [])
+        train(args, args.name or "triplet", [])
     else:
-        train(args, "distill", ["--teacher-reps", args.teacher, "--distill-weight", "1.0"])
+        train(args, args.name or "distill", ["--teacher-reps", args.teacher, "--distill-weight", "1.0"])
 
 
 if __name__ == "__main__":

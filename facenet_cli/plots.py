@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:  # imported for annotations only
     from .lfw import Curve, LfwResult
@@ -90,6 +91,7 @@ def plot_training(history: Sequence, paths: Sequence[Path]) -> None:
         ax.plot(epochs, [row.distill_loss for row in history], color="tab:orange", linestyle="--",
                 label="distillation loss")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("mean loss per batch")
     ax.grid(True, alpha=0.4)
     handles, labels = ax.get_legend_handles_labels()

@@ -332,3 +332,26 @@ def test_images_decoded_per_batch_train_like_the_cache(aligned, tmp_path):
     streamed = train(small(aligned, tmp_path / "streamed", epochs=1, batches_per_epoch=1), cache_limit=0)
     assert cached.history[0].loss == streamed.history[0].loss
     assert_same_weights(weights(tmp_path / "cached" / "last.pt"), weights(tmp_path / "streamed" / "last.pt"))
+
+
+def test_validation_folder_missing_pair_people_is_refused(aligned, tmp_path):
+    pairs = write_view1_pairs(tmp_path / "pairsDevTest.txt")
+    few = subset(aligned, tmp_path / "few", slice(0, 4), people=PEOPLE[:3])
+    result = invoke(str(aligned), "--out", str(tmp_path / "run"), "--val-pairs", str(pairs), "--val-aligned", str(few),
+                    "--people-per-batch", "4", "--images-per-person", "3")
+    assert result.exit_code == 1
+    assert "3 people of the validation pairs" in result.output and "have no image in" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_starts_from_a_checkpoint(aligned, straight_run, tmp_path):
+    report = train(small(aligned, tmp_path / "tuned", architecture=None, init=str(straight_run / "last.pt"), epochs=0))
+    assert report.record.architecture == "nn4.small2"
+    assert_same_weights(weights(tmp_path / "tuned" / "last.pt"), weights(straight_run / "last.pt"))
+
+
+def test_init_from_a_model_of_another_family(aligned, tmp_path):
+    result = invoke(str(aligned), "--out", str(tmp_path / "run"), "--init", "dlib-resnet.v1",
+                    "--people-per-batch", "4", "--images-per-person", "3")
+    assert result.exit_code == 1
+    assert "dlib-resnet model, which facenet train cannot train" in result.output

@@ -19,9 +19,9 @@ from ..catalogue import ModelRecord
 from ..errors import BadImage, DataError, SpecMismatch, UsageError
 from ..images import read_rgb
 from ..jobs import SPEC_FILE
-from ..lfw import Pairs, path_key, read_pairs
+from ..lfw import Pairs, path_key, processed_people, read_pairs
 from ..represent import list_aligned
-from ..reps import read_reps
+from ..reps import Reps, read_reps
 
 DEFAULT_CACHE_LIMIT = 4 << 30  # bytes of decoded images kept in memory
 
@@ -196,6 +196,15 @@ def load_validation_set(pairs_file: str | Path, aligned: str | Path, record: Mod
     keys = sorted(k for k in wanted if k in found)
     if not keys:
         raise DataError(f"{aligned} holds none of the images of {test.path.name}; align those LFW images into it.")
+    pair_people = {name for p in (test, train) if p is not None for name in p.name1 + p.name2}
+    # A person aligned without any face found is a wrong answer, like lfw-roc counts it;
+    # a person never aligned means the wrong folder, found now rather than after an epoch.
+    aligned_people = {k.split("/", 1)[0] for k in keys} | processed_people(
+        Reps(paths=[], labels=np.zeros(0, dtype=np.int64), embeddings=np.zeros((0, 0)), meta={"aligned": str(aligned)}))
+    absent = sorted(pair_people - aligned_people)
+    if absent:
+        raise DataError(f"{len(absent)} people of the validation pairs (e.g. {absent[0]}) have no image in {aligned}; "
+                        "align all the pairs' LFW images into it.")
     if train is not None:
         folds, protocol = np.zeros(len(test), dtype=np.int64), (
             f"threshold from {train.path.name}, accuracy on {test.path.name}")

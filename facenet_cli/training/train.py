@@ -190,9 +190,16 @@ def save_atomic(obj: dict, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -233,8 +240,11 @@ def validate(model: torch.nn.Module, val: ValidationSet, device: torch.device) -
     """(accuracy, threshold) of the current network on the validation pairs."""
     vectors = embed_images(model, val.images.batch(range(len(val.images))), device)
     reps = Reps(paths=val.keys, labels=np.zeros(len(val.keys), dtype=np.int64), embeddings=vectors)
-    test = pair_distances(val.test, reps)
-    train: PairDistances | None = pair_distances(val.train, reps) if val.train is not None else None
+    # Every pair person was checked to be aligned (load_validation_set); one without a face
+    # found has no row here and their pairs count as wrong answers.
+    people = set(val.test.name1 + val.test.name2) | (set(val.train.name1 + val.train.name2) if val.train else set())
+    test = pair_distances(val.test, reps, processed=people)
+    train: PairDistances | None = pair_distances(val.train, reps, processed=people) if val.train is not None else None
     result = evaluate_distances(test, val.folds, train)
     return result.accuracy_mean, float(np.mean([f.threshold for f in result.folds]))
 
