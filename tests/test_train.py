@@ -228,6 +228,21 @@ def test_distillation_follows_the_teacher(aligned, lfw_images, tmp_path):
     assert load_checkpoint(out / "last.pt")["config"]["teacher_reps"] == str(teacher)
 
 
+def test_distillation_extra_images_include_people_too_small_for_pk(aligned, lfw_images, tmp_path):
+    """With a teacher, people with fewer than K images still teach through the extra images."""
+    images = [str(f) for p in PEOPLE for f in sorted((lfw_images / p).glob("*.jpg"))[:TRAIN_IMAGES]]
+    teacher = write_teacher(tmp_path / "teacher", images)
+    out = tmp_path / "run"
+    # K larger than some people have would reject them; with a teacher they are kept as extras.
+    report = train(small(aligned, out, teacher_reps=str(teacher), epochs=2, batches_per_epoch=2,
+                         images_per_person=2, distill_images=5))
+    assert report.images == len(images)
+    assert report.history[-1].images_per_s > 0
+    assert load_checkpoint(out / "last.pt")["config"]["distill_images"] == 5
+    result = invoke(str(aligned), "--out", str(tmp_path / "bad"), "--distill-images", "4")
+    assert result.exit_code == 1 and "--distill-images needs --teacher-reps" in result.output
+
+
 # ---------------------------------------------------------------- bad input
 
 

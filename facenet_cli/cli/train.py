@@ -39,6 +39,9 @@ def train_command(
         "rows match by <person>/<image name>, images without a row are left out.")] = None,
     distill_weight: Annotated[float, typer.Option(help="Weight of the distillation term (1 - cosine to the teacher).")] = 1.0,
     triplet_weight: Annotated[float, typer.Option(help="Weight of the triplet term (0: pure distillation).")] = 1.0,
+    distill_images: Annotated[int, typer.Option(
+        help="With --teacher-reps: this many extra random images per batch, distillation only, so that people "
+        "with fewer than K images teach too.")] = 0,
     val_pairs: Annotated[Optional[Path], typer.Option(help="LFW pairs to validate on every epoch (e.g. pairsDevTest.txt).")] = None,
     val_train_pairs: Annotated[Optional[Path], typer.Option(
         help="Choose the validation threshold on these pairs (pairsDevTrain.txt); without it, 10-fold cross-validation.")] = None,
@@ -63,7 +66,7 @@ def train_command(
                 epochs=10 if epochs is None else epochs, batches_per_epoch=batches_per_epoch, minutes=minutes,
                 device=device, seed=seed, miner=miner, flip=flip,
                 teacher_reps=str(teacher_reps) if teacher_reps else None, distill_weight=distill_weight,
-                triplet_weight=triplet_weight, val_pairs=str(val_pairs) if val_pairs else None,
+                triplet_weight=triplet_weight, distill_images=distill_images, val_pairs=str(val_pairs) if val_pairs else None,
                 val_train_pairs=str(val_train_pairs) if val_train_pairs else None,
                 val_aligned=str(val_aligned) if val_aligned else None)
             report = train(config, callbacks)

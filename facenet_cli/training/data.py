@@ -96,7 +96,8 @@ def list_people(aligned: Path) -> dict[str, list[str]]:
 def load_training_set(aligned: str | Path, record: ModelRecord, people_per_batch: int, images_per_person: int,
                       teacher_reps: str | Path | None = None,
                       cache_limit: int = DEFAULT_CACHE_LIMIT) -> TrainingSet:
-    """The people of ALIGNED with enough images for a P x K batch, checked before any decoding.
+    """The people of ALIGNED with enough images for a P x K batch (with a teacher: every image
+    the teacher covers), checked before any decoding.
 
     With `teacher_reps`, images without a teacher row are left out (they would get no
     distillation target), and the people are counted again after that.
@@ -127,9 +128,12 @@ def load_training_set(aligned: str | Path, record: ModelRecord, people_per_batch
             f"Only {len(enough)} of {len(by_person)} people have {images_per_person} or more images but a batch needs "
             f"{people_per_batch}; lower --people-per-batch to {max(len(enough), 2)} or --images-per-person "
             f"(the largest person has {most}), or add images.")
-    people = sorted(enough)
-    files = [f for p in people for f in enough[p]]
-    labels = torch.tensor([i for i, p in enumerate(people) for _ in enough[p]], dtype=torch.int64)
+    # With a teacher every covered image is useful (as a distillation-only extra), so all are
+    # kept; the P x K sampler still draws its batches from the people with K or more images.
+    kept = by_person if teacher_rows is not None else enough
+    people = sorted(p for p, files in kept.items() if files)
+    files = [f for p in people for f in kept[p]]
+    labels = torch.tensor([i for i, p in enumerate(people) for _ in kept[p]], dtype=torch.int64)
     teacher = None
     if teacher_rows is not None:
         raw = np.stack([teacher_rows[path_key(f)] for f in files])

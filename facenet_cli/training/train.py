@@ -68,6 +68,9 @@ class TrainConfig:
     teacher_reps: str | None = None
     distill_weight: float = 1.0
     triplet_weight: float = 1.0
+    # Extra random images per batch that only meet the distillation term: the P x K sampler
+    # uses just the people with K or more images, a teacher can teach from every image.
+    distill_images: int = 0
     val_pairs: str | None = None
     val_train_pairs: str | None = None
     val_aligned: str | None = None
@@ -84,6 +87,8 @@ class TrainConfig:
             raise UsageError("--epochs must be 0 or more and --batches-per-epoch at least 1.")
         if not (self.lr > 0 and self.alpha >= 0 and self.distill_weight >= 0 and self.triplet_weight >= 0):
             raise UsageError("--lr must be positive and --alpha, --distill-weight, --triplet-weight not negative.")
+        if self.distill_images < 0 or (self.distill_images and self.teacher_reps is None):
+            raise UsageError("--distill-images needs --teacher-reps and must not be negative.")
         if self.teacher_reps is None and self.triplet_weight == 0:
             raise UsageError("--triplet-weight 0 leaves nothing to learn without --teacher-reps; give a teacher or a weight.")
         if (self.val_pairs is None) != (self.val_aligned is None):
@@ -314,20 +319,27 @@ class Trainer:
         started = time.perf_counter()
         sums = {"loss": 0.0, "triplet": 0.0, "distill": 0.0, "triplets": 0}
         seen = 0
-        for b, indices in enumerate(self.sampler):
+        for b, pk_indices in enumerate(self.sampler):
+            indices = list(pk_indices)
+            if cfg.distill_images:
+                extra = torch.randint(len(self.data.images), (cfg.distill_images,),
+                                      generator=torch.Generator().manual_seed(batch_seed(cfg.seed, epoch, b, 3)))
+                indices += extra.tolist()
+            pk = len(pk_indices)
             images = self.data.images.batch(indices)
             if cfg.flip:
                 images = mirror(images, torch.Generator().manual_seed(batch_seed(cfg.seed, epoch, b, 1)))
-            labels = self.data.labels[indices].to(self.device)
+            labels = self.data.labels[pk_indices].to(self.device)
             if isinstance(self.miner, OpenFaceTripletMiner):
                 self.miner.generator.manual_seed(batch_seed(cfg.seed, epoch, b, 2))
-            embeddings = model(to_input(images, self.device))
+            all_embeddings = model(to_input(images, self.device))
+            embeddings = all_embeddings[:pk]  # triplets only among the P x K images
             triplets = self.miner(embeddings, labels)
             loss_triplet = self.triplet_loss(embeddings, labels, indices_tuple=triplets)
             loss = cfg.triplet_weight * loss_triplet
             loss_distill = torch.zeros(())
             if self.data.teacher is not None:
-                loss_distill = distillation_loss(embeddings, self.data.teacher[indices].to(self.device))
+                loss_distill = distillation_loss(all_embeddings, self.data.teacher[indices].to(self.device))
                 loss = loss + cfg.distill_weight * loss_distill
             if not torch.isfinite(loss):
                 raise DataError(f"The loss became {loss.item()} in epoch {epoch} batch {b + 1}; lower --lr.")
