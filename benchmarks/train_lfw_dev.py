@@ -5,6 +5,7 @@
     python benchmarks/train_lfw_dev.py random           # untrained network: View 1 accuracy
     python benchmarks/train_lfw_dev.py triplet --minutes 10
     python benchmarks/train_lfw_dev.py distill --minutes 15
+    python benchmarks/train_lfw_dev.py distill --minutes 25 --distill-images 60 --triplet-weight 0 --name distill-all
 
 Everything lands in work/train-dev/ (ignored by git). Training people are those of
 peopleDevTrain.txt; they never appear in pairsDevTest.txt, whose images are aligned separately.
@@ -134,6 +135,8 @@ def main() -> None:
     parser.add_argument("--images", default="4")
     parser.add_argument("--batches", default="30")
     parser.add_argument("--lr", default="0.001")
+    parser.add_argument("--distill-images", default="0", help="distill: extra teacher-only images per batch")
+    parser.add_argument("--triplet-weight", default="1.0", help="distill: weight of the triplet term")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args)
@@ -149,7 +152,9 @@ def main() -> None:
     elif args.step == "triplet":
         train(args, args.name or "triplet", [])
     else:
-        train(args, args.name or "distill", ["--teacher-reps", args.teacher, "--distill-weight", "1.0"])
+        train(args, args.name or "distill", ["--teacher-reps", args.teacher, "--distill-weight", "1.0",
+                                             "--distill-images", args.distill_images,
+                                             "--triplet-weight", args.triplet_weight])
 
 
 if __name__ == "__main__":

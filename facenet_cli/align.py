@@ -12,7 +12,10 @@ from .detect import FaceBox, FaceDetector
 from .errors import MultipleFaces, NoFace, UsageError
 from .resources import SHAPE_PREDICTOR_5, SHAPE_PREDICTOR_68, dlib_model_path
 
-FACE_POLICIES = ("largest", "center", "all", "skip-multi")
+# "center": the face nearest the image centre. "center-only": only a face whose box covers the
+# image centre counts (datasets such as LFW centre the labelled person; a bystander found when
+# the person was missed must not stand in for them: the next detector or the fallback does).
+FACE_POLICIES = ("largest", "center", "center-only", "all", "skip-multi")
 FALLBACKS = ("none", "center")
 
 # Where the face of a roughly centred portrait sits, as fractions of the image side. Measured
@@ -74,8 +77,12 @@ def choose_faces(boxes: list[FaceBox], policy: str, height: int, width: int) -> 
         return []
     if policy == "largest":
         return [max(boxes, key=lambda b: b.area)]
-    if policy == "center":
+    if policy in ("center", "center-only"):
         cx, cy = width / 2.0, height / 2.0
+        if policy == "center-only":
+            boxes = [b for b in boxes if b.left <= cx <= b.right and b.top <= cy <= b.bottom]
+            if not boxes:
+                return []
         return [min(boxes, key=lambda b: (b.center[0] - cx) ** 2 + (b.center[1] - cy) ** 2)]
     if policy == "skip-multi":
         if len(boxes) > 1:
@@ -119,9 +126,11 @@ class FaceAligner:
     def align(self, rgb: np.ndarray, timings: dict | None = None) -> list[AlignedFace]:
         """Aligned faces per the face policy; raises NoFace or MultipleFaces."""
         clock = _Clock(timings)
-        boxes = self.detect(rgb)
+        height, width = rgb.shape[:2]
+        # The policy runs per detector stage, so that a stage that finds no acceptable face
+        # (none at all, or none covering the centre) hands over to the next one.
+        chosen = self._detector.detect(rgb, lambda boxes: choose_faces(boxes, self.faces, height, width))
         clock.lap("detect")
-        chosen = choose_faces(boxes, self.faces, rgb.shape[0], rgb.shape[1])
         fallback = False
         if not chosen:
             if self.fallback != "center":

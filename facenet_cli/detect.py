@@ -79,10 +79,18 @@ class FaceDetector:
         if kind in ("cnn", "hog+cnn"):
             self._cnn = dlib.cnn_face_detection_model_v1(str(dlib_model_path(CNN_FACE_DETECTOR)))
 
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        if self.kind == "hog+cnn":
-            return self._detect_with(rgb, "hog") or self._detect_with(rgb, "cnn")
-        return self._detect_with(rgb, self.kind)
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Detectors to try in turn; a later one runs only when the earlier found no usable face."""
+        return ("hog", "cnn") if self.kind == "hog+cnn" else (self.kind,)
+
+    def detect(self, rgb: np.ndarray, accept=lambda boxes: boxes) -> list[FaceBox]:
+        """Boxes of the first stage for which `accept(boxes)` is non-empty (by default: any face)."""
+        for kind in self.stages:
+            chosen = accept(self._detect_with(rgb, kind))
+            if chosen:
+                return chosen
+        return []
 
     def _detect_with(self, rgb: np.ndarray, kind: str) -> list[FaceBox]:
         if self.upsample == AUTO_UPSAMPLE:

@@ -83,6 +83,10 @@ def test_face_policies_on_two_faces(examples_dir):
         choose_faces(boxes, "skip-multi", h, w)
     moved = [FaceBox(0, 0, 10, 10), FaceBox(w // 2 - 5, h // 2 - 5, w // 2 + 5, h // 2 + 5), FaceBox(0, 0, 500, 500)]
     assert choose_faces(moved, "center", h, w) == [moved[1]]
+    # center-only ignores faces that do not cover the centre, even when they are all there is.
+    assert choose_faces([moved[0]], "center", h, w) == [moved[0]]
+    assert choose_faces([moved[0]], "center-only", h, w) == []
+    assert choose_faces(moved, "center-only", h, w) == [moved[1]]
 
 
 def test_center_fallback_aligns_an_undetected_face(lfw_images):
@@ -141,6 +145,17 @@ def test_list_inputs_skips_hidden_and_sorts(tmp_path):
     for name in ["b/2.jpg", "b/1.jpg", "a.jpg", ".DS_Store", ".git/x.jpg"]:
         (tmp_path / name).write_bytes(b"x")
     assert list_inputs(tmp_path) == ["a.jpg", "b/1.jpg", "b/2.jpg"]
+
+
+def test_center_only_hands_a_bystander_image_to_the_cnn(lfw_images):
+    """Tung_Chee-hwa_0001: HOG finds only the man beside him; center-only asks the CNN instead."""
+    rgb = read_rgb(lfw_images / "Tung_Chee-hwa" / "Tung_Chee-hwa_0001.jpg")
+    h, w = rgb.shape[:2]
+    hog = FaceDetector("hog", "auto").detect(rgb)
+    assert hog and choose_faces(hog, "center-only", h, w) == []
+    face = FaceAligner(get_spec("dlib-chip"), detector="hog+cnn", upsample="auto", faces="center-only").align(rgb)[0]
+    assert face.box.left <= w / 2 <= face.box.right and face.box.top <= h / 2 <= face.box.bottom
+    assert not face.fallback
 
 
 def test_hog_then_cnn_finds_a_face_hog_misses(lfw_images):

@@ -115,12 +115,12 @@ def test_center_fallback_is_recorded(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--faces", "biggest"], "--faces must be one of largest, center, all, skip-multi, not 'biggest'."),
+    (["--faces", "biggest"], "--faces must be one of largest, center, center-only, all, skip-multi, not 'biggest'."),
     (["--upsample", "9"], "--upsample must be a number from 0 to 4 or 'auto', not 9."),
     (["--workers", "0"], "--workers must be at least 1, not 0."),
     (["--landmarks", "nose"], "Unknown alignment 'nose'"),
     (["--size", "5", "--landmarks", "outerEyesAndNose"], "--size must be between 16 and 2048 pixels, not 5."),
-    (["--detector", "sift"], "--detector must be one of hog, cnn, not 'sift'."),
+    (["--detector", "sift"], "--detector must be one of hog, cnn, hog+cnn, not 'sift'."),
     (["--model", "no-such-model"], "Unknown model 'no-such-model'"),
 ])
 def test_bad_option_values_exit_with_one_sentence(tmp_path, args, message):

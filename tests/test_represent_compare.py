@@ -131,3 +131,15 @@ def test_compare_with_fewer_than_two_faces_fails(examples_dir, tmp_path):
     Image.new("RGB", (200, 200)).save(blank)
     result = runner.invoke(app, ["compare", str(examples_dir / "adams.jpg"), str(blank)])
     assert result.exit_code == 1
+
+
+def test_represent_flip_averages_with_the_mirror(aligned_chips, tmp_path):
+    plain, flipped = tmp_path / "plain", tmp_path / "flip"
+    assert runner.invoke(app, ["represent", str(aligned_chips / "aligned"), str(plain)]).exit_code == 0
+    result = runner.invoke(app, ["represent", str(aligned_chips / "aligned"), str(flipped), "--flip"])
+    assert result.exit_code == 0, result.output
+    a, b = read_reps(plain).embeddings, read_reps(flipped).embeddings
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    cosine = (a * b).sum(1)
+    assert (cosine < 0.99999).all() and (cosine > 0.95).all()  # changed, but the same faces
+    assert read_reps(flipped).meta["flip"] is True

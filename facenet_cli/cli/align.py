@@ -45,7 +45,7 @@ def align_command(
     detector: Annotated[str, typer.Option(
         help="Face detector: hog (fast), cnn (dlib's MMOD: slower, finds turned faces), or hog+cnn (cnn only where hog finds nothing).")] = "hog",
     upsample: Annotated[str, typer.Option(help="Detector upsampling 0-4, or auto: 0 first, more only when no face is found.")] = "auto",
-    faces: Annotated[str, typer.Option(help="Several faces: largest, center (nearest the image centre), all, skip-multi.")] = "largest",
+    faces: Annotated[str, typer.Option(help="Several faces: largest, center (nearest the image centre), center-only (only a face covering the centre; for centred datasets such as LFW), all, skip-multi.")] = "largest",
     fallback: Annotated[str, typer.Option(help="No face found: none (record it), or center (landmarks on the centre box, for centred datasets such as LFW).")] = "none",
     fallback_dir: Annotated[Optional[Path], typer.Option(help="No face found: align the same relative path from this folder instead (OpenFace style).")] = None,
     workers: Annotated[int, typer.Option(help="Processes; each loads the detector once.")] = 1,
