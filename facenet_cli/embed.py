@@ -5,34 +5,24 @@ compares the results the way the models' thresholds are stated (squared L2 on th
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from . import resources
 from .catalogue import ModelRecord
 from .errors import SpecMismatch, UsageError
 from .nets import build_network
 
 
 def resolve_weights(record: ModelRecord) -> Path | None:
-    """The local weights file of `record` (None for an architecture without weights)."""
+    """The local, checksum-verified weights file of `record` (None for bare architectures)."""
     if record.weights is None:
         return None
-    # hub.weights_path verifies checksums and fetches into the cache; until it exists, fall
-    # back to the files we can find without it.
-    if importlib.util.find_spec(f"{__package__}.hub") is not None:
-        from .hub import weights_path
-        return weights_path(record)
-    weights = record.weights
-    if weights.package == resources.DISTRIBUTION:
-        return resources.dlib_model_path(weights.filename)
-    if weights.path:
-        return Path(weights.path).expanduser()
-    raise UsageError(f"Weights for {record.name!r} must be fetched first; run `facenet fetch-models {record.name}`.")
+    from .hub import weights_path
+
+    return weights_path(record)
 
 
 def pick_device(device: str) -> torch.device:

@@ -213,17 +213,25 @@ def check_folders(raw: Path, out: Path) -> None:
 
 
 def claim_output_folder(out: Path, job: AlignJob) -> None:
-    """Record the alignment in OUT, or refuse a folder aligned another way."""
+    """Record the alignment in OUT, or refuse a folder aligned another way (a resumed run
+    must not mix faces aligned with different specs or options)."""
     spec_file = out / SPEC_FILE
     if spec_file.exists():
         try:
-            previous = json.loads(spec_file.read_text())["spec"]
-        except (ValueError, KeyError):
+            previous = json.loads(spec_file.read_text())
+            previous_spec = AlignSpec.from_dict(previous["spec"])
+        except (ValueError, KeyError, TypeError):
             previous = None
-        if previous is not None and AlignSpec.from_dict(previous) != job.spec:
-            raise UsageError(
-                f"{out} was aligned with {previous['name']} at {previous['size']} px; "
-                f"use another output folder for {job.spec.name} at {job.spec.size} px.")
+        if previous is not None:
+            if previous_spec != job.spec:
+                raise UsageError(
+                    f"{out} was aligned with {previous_spec.name} at {previous_spec.size} px; "
+                    f"use another output folder for {job.spec.name} at {job.spec.size} px.")
+            changed = [f"--{k.replace('_', '-')} {previous.get(k)} (now {v})" for k, v in job.record().items()
+                       if k != "spec" and previous.get(k) != v]
+            if changed:
+                raise UsageError(f"{out} was aligned with {', '.join(changed)}; rerun with the same options "
+                                 "to resume, or use another output folder.")
     write_atomic(spec_file, (json.dumps(job.record(), indent=2, sort_keys=True) + "\n").encode())
 
 

@@ -169,3 +169,15 @@ def test_every_command_has_help():
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0, name
         assert (cmd.callback.__doc__ or "").strip(), f"{name} has no help text"
+
+
+def test_resuming_with_other_options_is_refused(lfw_images, tmp_path):
+    from tests.helpers import copy_people
+
+    raw = copy_people(lfw_images, tmp_path / "raw", {"Aaron_Peirsol": 1})
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["align", str(raw), str(out), "--faces", "center"]).exit_code == 0
+    result = runner.invoke(app, ["align", str(raw), str(out), "--faces", "largest"])
+    assert result.exit_code == 1
+    assert "was aligned with --faces center (now largest)" in result.output
+    assert runner.invoke(app, ["align", str(raw), str(out), "--faces", "center"]).exit_code == 0
