@@ -461,6 +461,13 @@ def evaluate_distances(test: PairDistances, fold: np.ndarray, train: PairDistanc
         missing_images=missing_images, label=label, fold_rocs=rocs, mean_fpr=mean_fpr, mean_tpr=mean_tpr)
 
 
+def model_label(meta: dict) -> str:
+    """A short legend label from a reps folder's meta.json: the model's name (+ flip)."""
+    model = meta.get("model")
+    name = model.get("name", "this model") if isinstance(model, dict) else str(model or "this model")
+    return name + (" + flip" if meta.get("flip") else "")
+
+
 def evaluate_lfw(reps, pairs_file, out_dir, comparisons=None, dev_train=None, on_missing: str = "wrong",
                  far_target: float = FAR_TARGET, label: str | None = None) -> LfwResult:
     """Measure a representation folder (or `Reps`) on LFW and write accuracies.txt, roc.csv,
@@ -484,7 +491,7 @@ def evaluate_lfw(reps, pairs_file, out_dir, comparisons=None, dev_train=None, on
                          "(pairsDevTrain.txt) too, or use View 2's pairs.txt.")
     test = pair_distances(pairs, reps, on_missing, processed)
     curves = read_comparisons(comparisons) if comparisons is not None else []
-    label = label or str(reps.meta.get("model") or "this model")
+    label = label or model_label(reps.meta)
     result = evaluate_distances(test, pairs.fold, train, far_target, label)
 
     out = Path(out_dir)

@@ -33,9 +33,9 @@ def plot_roc(result: "LfwResult", comparisons: Sequence["Curve"], paths: Sequenc
                 label=f"{result.label} folds" if i == 0 else None)
     for curve in comparisons:
         order = np.argsort(curve.fpr, kind="stable")
-        ax.plot(curve.fpr[order], curve.tpr[order], linewidth=1.2, label=f"{curve.label} [AUC={curve.auc:.3f}]")
+        ax.plot(curve.fpr[order], curve.tpr[order], linewidth=1.2, label=f"{curve.label} [AUC={curve.auc:.4f}]")
     ax.plot(result.mean_fpr, result.mean_tpr, color="black", linewidth=2.2,
-            label=f"{result.label} [AUC={result.auc:.3f}, acc={result.accuracy_mean:.4f}]")
+            label=f"{result.label} [AUC={result.auc:.4f}, acc={result.accuracy_mean:.4f}]")
     ax.plot([0, 1], [0, 1], color="k", linestyle="dashed", linewidth=0.8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)

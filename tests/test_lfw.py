@@ -273,3 +273,11 @@ def test_cli_table_json_and_errors(tmp_path):
 
     missing = runner.invoke(app, ["lfw-roc", str(tmp_path / "nowhere"), str(built[0]), "--out", str(tmp_path / "o")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_plot_label_is_the_model_name():
+    from facenet_cli.lfw import model_label
+
+    assert model_label({"model": {"name": "dlib-resnet.v1", "threshold": 0.2}, "flip": True}) == "dlib-resnet.v1 + flip"
+    assert model_label({"model": "toy"}) == "toy"
+    assert model_label({}) == "this model"
