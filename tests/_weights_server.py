@@ -10,6 +10,9 @@ import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
+from facenet_cli import hub
 from facenet_cli.catalogue import DEFAULT_MODEL, CATALOGUE, WeightsSource
 from facenet_cli.hub import with_weights
 
@@ -64,3 +67,13 @@ def serve(files: dict[str, bytes] | None = None):
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+# Imported by the test modules that download: autouse there.
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Every test gets its own cache; the user's real cache is never touched."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv(hub.CACHE_ENV, str(root))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a CI proxy must not intercept the local server
+    return root

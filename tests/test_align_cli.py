@@ -181,3 +181,14 @@ def test_resuming_with_other_options_is_refused(lfw_images, tmp_path):
     assert result.exit_code == 1
     assert "was aligned with --faces center (now largest)" in result.output
     assert runner.invoke(app, ["align", str(raw), str(out), "--faces", "center"]).exit_code == 0
+
+
+def test_cnn_detector_through_the_cli(lfw_images, tmp_path):
+    from tests.helpers import copy_people
+
+    raw = copy_people(lfw_images, tmp_path / "raw", {"Jelena_Dokic": 4})
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["align", str(raw), str(out), "--detector", "cnn", "--upsample", "0"])
+    assert result.exit_code == 0, result.output
+    statuses = {r["status"] for r in report_rows(out).values()}
+    assert statuses == {"aligned"}  # includes _0004, where HOG finds no face

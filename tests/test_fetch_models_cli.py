@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from tests._weights_server import PAYLOAD, serve
+from tests._weights_server import cache, PAYLOAD, serve  # noqa: F401 (cache: autouse fixture)
 from facenet_cli import hub
 from facenet_cli.catalogue import CATALOGUE, DEFAULT_MODEL
 from facenet_cli.cli import app
@@ -12,12 +12,6 @@ from facenet_cli.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv(hub.CACHE_ENV, str(root))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a CI proxy must not intercept the local server
-    return root
 
 
 @pytest.fixture

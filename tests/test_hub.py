@@ -7,19 +7,12 @@ import os
 import pytest
 import torch
 
-from tests._weights_server import PAYLOAD, PAYLOAD_SHA256, serve
+from tests._weights_server import cache, PAYLOAD, PAYLOAD_SHA256, serve  # noqa: F401 (cache: autouse fixture)
 from facenet_cli import hub
 from facenet_cli.catalogue import CATALOGUE, DEFAULT_MODEL, WeightsSource
 from facenet_cli.errors import ChecksumMismatch, DownloadError, UnknownModel, UsageError
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    """Every test gets its own cache; the user's real cache is never touched."""
-    root = tmp_path / "cache"
-    monkeypatch.setenv(hub.CACHE_ENV, str(root))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a CI proxy must not intercept the local server
-    return root
 
 
 def cached_files(cache):
