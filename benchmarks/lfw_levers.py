@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 from _common import DATA, make_tree
@@ -120,7 +120,7 @@ def main() -> None:
     cos_unit = (unit[:200] @ unit[200:400].T).mean()
     cos_centred = (centred[:200] @ centred[200:400].T).mean()
 
-    print(f"\nLFW View 1 (threshold from pairsDevTrain, accuracy on pairsDevTest's 1,000 pairs), dlib-resnet.v1")
+    print("\nLFW View 1 (threshold from pairsDevTrain, accuracy on pairsDevTest's 1,000 pairs), dlib-resnet.v1")
     print(f"{'alignment':<72} {'no face':>7} {'fallback':>8} {'accuracy':>8} {'AUC':>7} {'align s':>7}")
     for label, missed, fallback, acc, auc, thr, secs in rows:
         print(f"{label:<72} {missed:>7} {fallback:>8} {acc:>8.4f} {auc:>7.4f} {secs:>7.0f}")

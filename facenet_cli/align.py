@@ -1,6 +1,7 @@
 """Landmarks and warping: turn a detected face into a model's input crop per an AlignSpec."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import cv2
@@ -116,9 +117,6 @@ class FaceAligner:
         self._detector = FaceDetector(self.detector, self.upsample)
         self._landmarks = LandmarkPredictor(self.spec.landmarks)
 
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        return self._detector.detect(rgb)
-
     def align_box(self, rgb: np.ndarray, box: FaceBox, fallback: bool = False) -> AlignedFace:
         shape = self._landmarks.shape(rgb, box)
         return AlignedFace(warp(rgb, self.spec, shape), box, LandmarkPredictor.to_array(shape), fallback)
@@ -148,8 +146,6 @@ class _Clock:
     """Accumulate milliseconds per stage into a dict, when one is given."""
 
     def __init__(self, sink: dict | None):
-        import time
-
         self._time = time.perf_counter
         self.sink = sink
         self.last = self._time()

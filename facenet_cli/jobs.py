@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from .align import FaceAligner
+from .align import FaceAligner, center_box
 from .align_specs import AlignSpec
 from .errors import BadImage, FacenetError, MultipleFaces, NoFace, UsageError
 from .images import read_rgb
@@ -190,8 +190,6 @@ def _from_fallback_dir(job: AlignJob, aligner: FaceAligner, rel: str):
         return aligner.align(rgb)
     except (NoFace, MultipleFaces):
         # The second tree's image is a stand-in already; take its centre rather than nothing.
-        from .align import center_box
-
         box = center_box(rgb.shape[0], rgb.shape[1])
         return [aligner.align_box(rgb, box, fallback=True)]
 

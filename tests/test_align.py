@@ -1,12 +1,10 @@
 """Alignment on real LFW faces: right, not just shaped right; parallel equals serial; resumable."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -131,6 +131,7 @@ def test_compare_with_fewer_than_two_faces_fails(examples_dir, tmp_path):
     Image.new("RGB", (200, 200)).save(blank)
     result = runner.invoke(app, ["compare", str(examples_dir / "adams.jpg"), str(blank)])
     assert result.exit_code == 1
+    assert "compare needs at least two faces and found 1" in result.output
 
 
 def test_represent_flip_averages_with_the_mirror(aligned_chips, tmp_path):

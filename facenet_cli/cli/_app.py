@@ -3,7 +3,6 @@ typer and rich output live; the library never imports this package."""
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -75,8 +74,6 @@ CacheDirOption = Annotated[
 ]
 
 
-def is_tty() -> bool:
-    return sys.stdout.isatty()
 
 
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when there is one), cpu or cuda.")]

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..align import FACE_POLICIES, FALLBACKS
 from ..align_specs import SPECS, get_spec
 from ..catalogue import DEFAULT_MODEL
-from ..detect import DETECTORS
+from ..detect import DETECTORS, parse_upsample
 from ..errors import UsageError
 from ..jobs import REPORT_FILE, STATUSES, AlignJob, AlignReport, align_tree
 from ._app import command, console
@@ -57,19 +57,13 @@ def align_command(
     job = AlignJob(
         spec=model_spec(model, landmarks, size),
         detector=choice(detector, DETECTORS, "--detector"),
-        upsample=_upsample(upsample),
+        upsample=parse_upsample(upsample),
         faces=choice(faces, FACE_POLICIES, "--faces"),
         fallback=choice(fallback, FALLBACKS, "--fallback"),
         fallback_dir=str(fallback_dir) if fallback_dir else None,
     )
     report = run_with_progress(raw, out, job, workers)
     print_summary(report)
-
-
-def _upsample(value: str):
-    from ..detect import parse_upsample
-
-    return parse_upsample(value)
 
 
 def run_with_progress(raw: Path, out: Path, job: AlignJob, workers: int) -> AlignReport:

@@ -32,14 +32,14 @@ def compare_command(
     embedder = load_embedder(model, device, flip=flip)
     aligner = FaceAligner(embedder.record.align, upsample=parse_upsample(upsample), faces="all")
     result = compare_photos([str(p) for p in images], aligner, embedder)
-    if len(result.faces) < 2 and not result.problems:
-        raise UsageError("compare needs at least two faces; give two or more photos.")
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         print_comparison(result)
     if len(result.faces) < 2:
-        raise typer.Exit(1)
+        # Printed above first, so scripts still get the per-photo problems.
+        raise UsageError(f"compare needs at least two faces and found {len(result.faces)}; "
+                         "give two or more photos with faces.")
 
 
 def print_comparison(result: Comparison) -> None:
