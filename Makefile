@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/facenet demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/align_speed.py

@@ -43,6 +43,9 @@ class ModelRecord:
     center: tuple[float, ...] | None = None
     # Our own measured figures, e.g. {"view2_accuracy": 0.99, "view2_std": 0.003, "command": "..."}
     lfw: dict[str, Any] = field(default_factory=dict)
+    # Calibrated operating points beyond the pair threshold (identification, clustering), each
+    # with where it was chosen and the curve it came from; see facenet_cli/identify.py.
+    operating_points: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -55,6 +58,7 @@ class ModelRecord:
             "description": self.description,
             "center": list(self.center) if self.center is not None else None,
             "lfw": dict(self.lfw),
+            "operating_points": dict(self.operating_points),
         }
 
     @classmethod
@@ -70,6 +74,7 @@ class ModelRecord:
             description=d.get("description", ""),
             center=tuple(d["center"]) if d.get("center") is not None else None,
             lfw=dict(d.get("lfw", {})),
+            operating_points=dict(d.get("operating_points", {})),
         )
 
 
@@ -83,7 +88,7 @@ def register(record: ModelRecord) -> ModelRecord:
     return record
 
 
-DEFAULT_MODEL = "dlib-resnet.v1"
+from .choices import DEFAULT_MODEL  # noqa: E402 (one home, light enough for the CLI's --help)
 
 register(ModelRecord(
     name="dlib-resnet.v1",

@@ -1,16 +1,32 @@
 """Typed errors. Each message is one sentence that says what went wrong and how to fix it.
 
-The library raises these; only the CLI turns them into `Error: ...` and exit code 1.
+The library raises these; only the CLI turns them into `Error: ...` on stderr and an exit code:
+
+    0    done (per-file problems such as unreadable images are outcomes in the report, not errors)
+    1    the job could not be done: bad or damaged data, a checksum mismatch, a full disk
+    2    usage error: a bad option or argument, a missing input, options that contradict
+    130  interrupted (Ctrl-C); rerun the same command to resume
 """
 from __future__ import annotations
+
+import errno
+import os
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class FacenetError(Exception):
     """Base class for every error the library raises on purpose."""
 
+    exit_code = EXIT_FAILURE
+
 
 class UsageError(FacenetError):
     """Bad option values, missing folders, contradicting arguments."""
+
+    exit_code = EXIT_USAGE
 
 
 class BadImage(FacenetError):
@@ -33,9 +49,11 @@ class MultipleFaces(FacenetError):
 class UnknownModel(FacenetError):
     """A model name that is neither in the catalogue nor a checkpoint file."""
 
+    exit_code = EXIT_USAGE
+
 
 class ChecksumMismatch(FacenetError):
-    """A weights file whose SHA-256 is not the one its record names."""
+    """A weights or model file whose SHA-256 is not the one its record names."""
 
 
 class DownloadError(FacenetError):
@@ -47,4 +65,28 @@ class SpecMismatch(FacenetError):
 
 
 class DataError(FacenetError):
-    """A malformed input data file (pairs file, labels.csv, reps) or inconsistent inputs."""
+    """A malformed input data file (pairs file, labels.csv, reps, checkpoint) or inconsistent inputs."""
+
+
+class DiskFull(FacenetError):
+    """The disk (or quota) ran out while writing; what was finished before is kept."""
+
+
+class WriteError(FacenetError):
+    """An output could not be written for another reason than a full disk (permissions, read-only)."""
+
+
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _FULL
+
+
+def write_error(exc: OSError, path: str | os.PathLike) -> FacenetError:
+    """The one-sentence error for an OSError raised while writing `path`."""
+    if is_disk_full(exc):
+        return DiskFull(f"The disk is full while writing {path}; free some space and rerun the same command "
+                        "to resume (finished outputs are kept).")
+    reason = exc.strerror or type(exc).__name__
+    return WriteError(f"Cannot write {path} ({reason}); choose a folder you can write to.")

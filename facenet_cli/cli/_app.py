@@ -1,39 +1,80 @@
 """The Typer app and what every command shares. The only place (with its siblings) where
-typer and rich output live; the library never imports this package."""
+typer and rich output live; the library never imports this package.
+
+Command modules import the engine inside their functions, never at module level, so that
+`facenet --help` loads no numpy, dlib, OpenCV or torch (tests/test_cli_grammar.py checks it).
+
+Exit codes (one convention for our errors and the parser's): 0 done, 1 the job failed,
+2 usage error, 130 interrupted; see facenet_cli/errors.py.
+"""
 from __future__ import annotations
 
 import functools
+import json
+import sys
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from ..catalogue import DEFAULT_MODEL  # noqa: F401 (re-exported for ModelOption's default)
-from ..errors import FacenetError
-
-app = typer.Typer(
-    name="facenet",
-    help="Face recognition in the spirit of FaceNet and OpenFace: align, represent, compare, "
-    "measure on LFW and train.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Upsample  # noqa: F401 (re-exported)
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, FacenetError, is_disk_full
 
 # Sentences are never wrapped mid-path (copyable, greppable); tables still fit the terminal.
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-def fail(message: str, code: int = 1) -> None:
+def _plain_error(message: str, code: int) -> None:
+    err_console.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+class FacenetGroup(TyperGroup):
+    """Parser errors (unknown option, bad choice, missing argument) end like ours: one
+    `Error: ...` line on stderr and exit code 2, not a framed box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                  standalone_mode=False, **extra)
+        except KeyboardInterrupt:
+            _plain_error("interrupted; rerun the same command to resume.", EXIT_INTERRUPTED)
+        except Exception as exc:  # the parser's own exception types live in typer's vendored click
+            if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+                message = exc.format_message().rstrip(".")
+                command = getattr(getattr(exc, "ctx", None), "command_path", "facenet")
+                _plain_error(f"{message}; see `{command} --help`.", EXIT_USAGE)
+            if type(exc).__name__ == "Abort":
+                _plain_error("aborted.", EXIT_INTERRUPTED)
+            raise
+        code = result if isinstance(result, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    name="facenet",
+    cls=FacenetGroup,
+    help="Face recognition in the spirit of FaceNet and OpenFace: align, represent, compare, "
+    "measure on LFW and train. Exit codes: 0 done, 1 the job failed, 2 usage error, 130 interrupted.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> None:
     """Print one plain sentence on stderr and exit non-zero (no traceback)."""
     err_console.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def command(fn: Callable | None = None, **settings) -> Callable:
-    """Register a command whose library errors become `Error: ...` and exit code 1.
+    """Register a command whose library errors become `Error: ...` and their exit code.
 
     `settings` go to Typer's `app.command` (e.g. context_settings), as `@command(...)`.
     """
@@ -45,13 +86,22 @@ def command(fn: Callable | None = None, **settings) -> Callable:
         try:
             return fn(*args, **kwargs)
         except FacenetError as exc:
-            fail(str(exc))
+            fail(str(exc), exc.exit_code)
+        except OSError as exc:
+            if is_disk_full(exc):  # anything the engine did not turn into DiskFull itself
+                fail("The disk is full; free some space and rerun the same command to resume "
+                     "(finished outputs are kept).", EXIT_FAILURE)
+            raise
         except KeyboardInterrupt:
-            err_console.print("Interrupted; rerun the same command to resume.")
-            raise typer.Exit(130)
+            fail("interrupted; rerun the same command to resume.", EXIT_INTERRUPTED)
 
     name = fn.__name__.replace("_command", "").replace("_", "-")
     return app.command(name, **settings)(wrapper)
+
+
+def print_json(value: Any) -> None:
+    """`--json` output: one JSON document on stdout, nothing else there."""
+    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 # Shared options. Annotated cannot carry a default, so commands write
@@ -72,14 +122,28 @@ CacheDirOption = Annotated[
         file_okay=False,
     ),
 ]
-
-
-
-
-DeviceOption = Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when there is one), cpu or cuda.")]
-BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Faces per forward pass.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of tables.")]
+DeviceOption = Annotated[Device, typer.Option("--device", help="auto (a CUDA GPU when there is one), cpu or cuda.")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Faces per forward pass.")]
 FlipOption = Annotated[bool, typer.Option(
     "--flip/--no-flip", help="Average each face's embedding with its mirror image's (slower, often more accurate).")]
+
+# Detection options, the same on every command that finds faces in photos (align, represent
+# --photos, compare, and the commands that take photos later).
+DetectorOption = Annotated[Detector, typer.Option(
+    "--detector", help="hog (fast), cnn (dlib's MMOD: slower, finds turned faces), or hog+cnn (cnn only where "
+    "hog finds nothing).")]
+UpsampleOption = Annotated[Upsample, typer.Option(
+    "--upsample", help="Detector upsampling 0-4, or auto: 0 first, more only when no face is found (upsampling "
+    "stops at a pixel budget, so huge photos are never blown up).")]
+FacesOption = Annotated[FacePolicy, typer.Option(
+    "--faces", help="Several faces: largest, center (nearest the image centre), center-only (only a face covering "
+    "the centre; for centred datasets such as LFW), all, skip-multi.")]
+FallbackOption = Annotated[Fallback, typer.Option(
+    "--fallback", help="No face found: none (record it), center (landmarks on the centre box, for centred datasets "
+    "such as LFW), or whole (the whole image is the face box, for photos that are already tight face crops).")]
+FallbackDirOption = Annotated[Optional[Path], typer.Option(
+    "--fallback-dir", help="No face found: align the same relative path from this folder instead (OpenFace style).")]
 
 
 def load_embedder(model: str, device: str = "auto", batch_size: int = 32, flip: bool = False):
@@ -87,4 +151,4 @@ def load_embedder(model: str, device: str = "auto", batch_size: int = 32, flip: 
     from ..embed import Embedder
     from ..hub import resolve_model
 
-    return Embedder(resolve_model(model), device=device, flip=flip, batch_size=batch_size)
+    return Embedder(resolve_model(model), device=str(device), flip=flip, batch_size=batch_size)

@@ -1,0 +1,263 @@
+"""The aligned folder, the one home of its contract: `align` writes it, `represent`, `train`
+and `lfw-roc` read it, all through this module.
+
+An aligned folder holds:
+
+- the crops, `<person>/<image>.png`, mirroring the photo tree they came from;
+- `align-spec.json`: the alignment spec and the options that made them (a rerun must match);
+- `align-report.csv`: one row per input file with its outcome (`input,status,outputs,detail`).
+  During a run every finished file is appended to it at once, so a killed run keeps the
+  outcome of every file it finished; the end of the run rewrites it sorted, one row per input.
+
+File names: a name that holds a line break or another control character cannot be carried
+through OpenFace's CSV files and most tools, so `align` refuses such inputs with a report row
+and every reader skips such files (`name_problem`).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Iterable
+
+from .atomic import is_temp_name, write_bytes_atomic, write_json_atomic
+from .errors import DataError, SpecMismatch, UsageError, write_error
+
+if TYPE_CHECKING:  # annotations only: this module stays free of numpy, dlib and torch
+    from .align_specs import AlignSpec
+    from .catalogue import ModelRecord
+
+SPEC_FILE = "align-spec.json"
+REPORT_FILE = "align-report.csv"
+REPORT_COLUMNS = ("input", "status", "outputs", "detail")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+
+# Every input file ends in exactly one of these.
+STATUSES = (
+    "aligned",         # a face was found and written
+    "fallback",        # no face found; a stand-in box was aligned (--fallback, --fallback-dir)
+    "no-face",         # no face found, nothing written
+    "multiple-faces",  # --faces skip-multi and several faces
+    "unreadable",      # not an image, corrupt, truncated, empty, too large
+    "bad-name",        # a file name with a line break or control character
+    "collision",       # its output name would overwrite another input's output
+    "skipped",         # hidden files, links to folders: listed, never read
+    "error",           # an unexpected failure on this file alone; the run went on
+)
+
+
+def looks_like_image(path: str | PurePath) -> bool:
+    return PurePath(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def name_problem(rel: str) -> str | None:
+    """Why a relative path cannot be an input or output name, or None when it can."""
+    if any(unicodedata.category(ch) == "Cc" for ch in rel):
+        return "the file name holds a line break or another control character; rename the file"
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not valid UTF-8; rename the file"
+    return None
+
+
+@dataclass
+class FileOutcome:
+    input: str  # relative to the photo tree, posix
+    status: str
+    outputs: list[str] = field(default_factory=list)  # relative to the aligned folder
+    detail: str = ""
+    timings: dict = field(default_factory=dict)
+    resumed: bool = False  # finished by an earlier run of the same job
+
+    def row(self) -> list[str]:
+        return [self.input, self.status, ";".join(self.outputs), self.detail]
+
+
+# ---------------------------------------------------------------- the report
+
+def report_text(outcomes: Iterable[FileOutcome], header: bool = True) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if header:
+        writer.writerow(REPORT_COLUMNS)
+    for outcome in outcomes:
+        writer.writerow(outcome.row())
+    return buf.getvalue()
+
+
+def read_report(path: Path) -> dict[str, FileOutcome]:
+    """input -> its last recorded outcome. A damaged or cut-off report loses only history:
+    unparseable rows (a line cut by a kill) are skipped, never the outputs."""
+    if not path.is_file():
+        return {}
+    outcomes: dict[str, FileOutcome] = {}
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            for row in csv.reader(fh):
+                if len(row) != 4 or tuple(row) == REPORT_COLUMNS or row[1] not in STATUSES:
+                    continue
+                outcomes[row[0]] = FileOutcome(row[0], row[1], [x for x in row[2].split(";") if x], row[3])
+    except (OSError, csv.Error):
+        return outcomes
+    return outcomes
+
+
+class ReportJournal:
+    """Appends each finished file's outcome to the report as it happens (flushed per row)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            new = not path.exists() or path.stat().st_size == 0
+            self._fh = open(path, "a", newline="", encoding="utf-8")
+            self._csv = csv.writer(self._fh, lineterminator="\n")
+            if new:
+                self._csv.writerow(REPORT_COLUMNS)
+            else:
+                self._fh.write("\n")  # a row cut by a kill must not run into the next one
+            self._fh.flush()
+        except OSError as exc:
+            raise write_error(exc, path) from None
+
+    def append(self, outcome: FileOutcome) -> None:
+        try:
+            self._csv.writerow(outcome.row())
+            self._fh.flush()
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- the folder
+
+class AlignedFolder:
+    """An aligned folder on disk; cheap to make, reads lazily."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def spec_file(self) -> Path:
+        return self.root / SPEC_FILE
+
+    @property
+    def report_file(self) -> Path:
+        return self.root / REPORT_FILE
+
+    # -- the spec
+
+    def job_record(self) -> dict | None:
+        """The options recorded in align-spec.json, None when there is none; DataError when damaged."""
+        if not self.spec_file.exists():
+            return None
+        try:
+            record = json.loads(self.spec_file.read_text(encoding="utf-8"))
+            from .align_specs import AlignSpec
+
+            AlignSpec.from_dict(record["spec"])
+            if not isinstance(record, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError):
+            raise DataError(f"{self.spec_file} is damaged, so how {self.root} was aligned is unknown; restore it, "
+                            f"or delete {self.root} and align again.") from None
+        return record
+
+    def spec(self) -> "AlignSpec | None":
+        from .align_specs import AlignSpec
+
+        record = self.job_record()
+        return AlignSpec.from_dict(record["spec"]) if record else None
+
+    def claim(self, record: dict) -> None:
+        """Record how this folder is being aligned, or refuse one aligned with other options
+        (a resumed run must not mix faces aligned two ways). A damaged record is refused too."""
+        previous = self.job_record()
+        if previous is not None:
+            spec, old_spec = record["spec"], previous["spec"]
+            if old_spec != spec:
+                raise UsageError(
+                    f"{self.root} was aligned with {old_spec.get('name')} at {old_spec.get('size')} px; "
+                    f"use another output folder for {spec['name']} at {spec['size']} px.")
+            changed = [f"--{k.replace('_', '-')} {previous.get(k)} (now {v})" for k, v in record.items()
+                       if k != "spec" and previous.get(k) != v]
+            if changed:
+                raise UsageError(f"{self.root} was aligned with {', '.join(changed)}; rerun with the same options "
+                                 "to resume, or use another output folder.")
+            return
+        write_json_atomic(self.spec_file, record)
+
+    def check_for(self, record: "ModelRecord", hint: str | None = None) -> None:
+        """Refuse a folder aligned for another model's input, with a sentence that says what to do.
+
+        A folder without align-spec.json (OpenFace's align-dlib, another tool) is accepted when
+        its first image has the model's input size."""
+        fix = hint or f"realign the photos with `facenet align RAW OUT --model {record.name}`"
+        spec = self.spec()
+        if spec is not None:
+            if spec != record.align:
+                raise SpecMismatch(
+                    f"{self.root} was aligned with {spec.name} at {spec.size} px but {record.name} needs "
+                    f"{record.align.name} at {record.align.size} px; {fix}.")
+            return
+        images = self.images()
+        if images:
+            from .errors import BadImage
+            from .images import read_rgb
+
+            try:
+                size = read_rgb(self.root / images[0]).shape[:2]
+            except BadImage:
+                return  # that file is reported as unreadable where it is read
+            if size != (record.align.size, record.align.size):
+                raise SpecMismatch(
+                    f"{self.root / images[0]} is {size[1]}x{size[0]} but {record.name} needs {record.align.size}x"
+                    f"{record.align.size} crops aligned with {record.align.name}; {fix}.")
+
+    # -- the crops
+
+    def images(self) -> list[str]:
+        """Every aligned image, as sorted posix paths relative to the folder (hidden files,
+        temporary files and names with control characters left out)."""
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in filenames:
+                if name.startswith(".") or is_temp_name(name) or not looks_like_image(name):
+                    continue
+                rel = Path(dirpath, name).relative_to(self.root).as_posix()
+                if name_problem(rel) is None:
+                    found.append(rel)
+        return sorted(found)
+
+    def people(self) -> dict[str, list[str]]:
+        """person -> sorted relative paths of `<person>/<image>` crops (deeper files are not faces of one person)."""
+        by_person: dict[str, list[str]] = {}
+        for rel in self.images():
+            parts = PurePath(rel).parts
+            if len(parts) == 2:
+                by_person.setdefault(parts[0], []).append(rel)
+        return by_person
+
+    def report(self) -> dict[str, FileOutcome]:
+        return read_report(self.report_file)
+
+    def processed_people(self) -> set[str]:
+        """People whose photos went through `facenet align` into this folder, per its report,
+        found face or not (so a person without any face is a miss, not a wrong folder)."""
+        return {PurePath(rel).parent.name for rel in self.report() if PurePath(rel).parent.name}
+
+    def write_report(self, outcomes: Iterable[FileOutcome]) -> None:
+        write_bytes_atomic(self.report_file, report_text(outcomes).encode("utf-8"))
+
+    def journal(self) -> ReportJournal:
+        return ReportJournal(self.report_file)

@@ -1,0 +1,82 @@
+"""Every fixed set of choices the engine and the CLI share, as enums, in a module that imports
+nothing heavy (the CLI builds `--help` from it without loading numpy, dlib, OpenCV or torch).
+
+The library takes the plain string values (`Detector.hog.value == "hog"`); the CLI's options are
+typed with these enums, so `--help` lists the choices, shells complete them and a wrong value
+fails before any model loads. `tests/test_cli_grammar.py` checks that each enum equals the
+engine's own list.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+DEFAULT_MODEL = "dlib-resnet.v1"
+
+
+class Choice(str, Enum):
+    def __str__(self) -> str:  # "hog", not "Detector.hog", in messages and f-strings
+        return self.value
+
+
+class Detector(Choice):
+    hog = "hog"
+    cnn = "cnn"
+    hog_cnn = "hog+cnn"
+
+
+class Upsample(Choice):
+    auto = "auto"
+    u0 = "0"
+    u1 = "1"
+    u2 = "2"
+    u3 = "3"
+    u4 = "4"
+
+
+class FacePolicy(Choice):
+    largest = "largest"
+    center = "center"
+    center_only = "center-only"
+    all = "all"
+    skip_multi = "skip-multi"
+
+
+class Fallback(Choice):
+    none = "none"
+    center = "center"
+    whole = "whole"
+
+
+class Landmarks(Choice):
+    outer_eyes_and_nose = "outerEyesAndNose"
+    inner_eyes_and_bottom_lip = "innerEyesAndBottomLip"
+    dlib_chip = "dlib-chip"
+    dlib_chip68 = "dlib-chip68"
+
+
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Architecture(Choice):
+    nn4 = "nn4"
+    nn4_small1 = "nn4.small1"
+    nn4_small2 = "nn4.small2"
+    nn2 = "nn2"
+
+
+class Miner(Choice):
+    openface = "openface"
+    semihard = "semihard"
+    batch_hard = "batch-hard"
+
+
+class Optimizer(Choice):
+    adam = "adam"
+    sgd = "sgd"
+
+
+def values(enum: type[Enum]) -> tuple[str, ...]:
+    return tuple(member.value for member in enum)
