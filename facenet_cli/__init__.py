@@ -29,6 +29,7 @@ _EXPORTS = {
     "RepsWriter": "reps", "read_reps": "reps", "Reps": "reps",
     "read_pairs": "lfw", "evaluate_lfw": "lfw",
     "tsne_map": "tsne",
+    "Gallery": "gallery", "identify": "identify", "cluster_faces": "cluster",
     "FacenetError": "errors", "BadImage": "errors", "NoFace": "errors", "UsageError": "errors",
     "DataError": "errors", "UnknownModel": "errors", "ChecksumMismatch": "errors",
 }

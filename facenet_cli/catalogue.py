@@ -90,6 +90,12 @@ def register(record: ModelRecord) -> ModelRecord:
 
 from .choices import DEFAULT_MODEL  # noqa: E402 (one home, light enough for the CLI's --help)
 
+# Operating points of dlib-resnet.v1 beyond the pair threshold: identification (the unknown
+# gate) and clustering, calibrated on people disjoint from those they are measured on, by the
+# benchmark scripts the README names.
+DLIB_IDENTIFY_POINTS: dict[str, Any] = {}
+DLIB_CLUSTER_POINTS: dict[str, Any] = {}
+
 register(ModelRecord(
     name="dlib-resnet.v1",
     architecture="dlib-resnet",
@@ -112,6 +118,7 @@ register(ModelRecord(
         "pipeline": "facenet align --faces center-only --detector hog+cnn --fallback center; facenet represent",
         "command": "python benchmarks/lfw_view2.py [--flip]",
     },
+    operating_points={"identify": DLIB_IDENTIFY_POINTS, "cluster": DLIB_CLUSTER_POINTS},
 ))
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from ._app import app
 
 # Each import registers its command(s) on `app`.
-from . import align, compare, demo, fetch_models, lfw_roc, represent, train, tsne  # noqa: F401,E402
+from . import (align, cluster, compare, demo, fetch_models, gallery, identify, lfw_roc,  # noqa: F401,E402
+               represent, train, tsne)
 
 
 def main() -> None:

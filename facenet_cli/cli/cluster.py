@@ -1,0 +1,1 @@
+"""`facenet cluster`: placeholder, filled in by the identities work (issue 9)."""

@@ -1,0 +1,1 @@
+"""`facenet gallery`: placeholder, filled in by the identities work (issue 9)."""

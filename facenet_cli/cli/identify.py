@@ -1,0 +1,1 @@
+"""`facenet identify`: placeholder, filled in by the identities work (issue 9)."""
