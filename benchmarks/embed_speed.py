@@ -1,12 +1,13 @@
 """How fast our PyTorch copy of dlib's ResNet embeds faces, against dlib itself and the CPU.
 
-    python benchmarks/embed_speed.py [--faces 64] [--threads 1] [--repeats 5] [--data DIR]
+    python benchmarks/embed_speed.py [--faces 64] [--threads 1] [--repeats 5] [--data DIR] [--quick]
 
 On real LFW chips made with dlib: ms per face at batch 1 and batch 32, ours vs dlib's
 compute_face_descriptor (single chip, and its list-of-chips batch call). Then the network's
 achieved FLOP/s (convolutions and fc, counted analytically) against a large fp32 matrix multiply
 timed alternately with it in the same run. Thread counts are fixed before numpy, torch or dlib load their pools.
-Every figure is the median over --repeats runs.
+Every figure is the median over --repeats runs. `--quick`: 4 faces, one repeat (batch 32 is
+then a batch of 4).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=64, help="number of LFW chips to embed")
     parser.add_argument("--threads", type=int, default=1,
@@ -26,12 +27,24 @@ def parse_args() -> argparse.Namespace:
                         default=Path(os.environ.get("FACENET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")))
     parser.add_argument("--variants", action="store_true",
                         help="also time contiguous (NCHW) input, mkldnn off and torch.jit.trace")
-    return parser.parse_args()
+    parser.add_argument("--precision", action="store_true",
+                        help="also time bf16 autocast and int8 against fp32, interleaved, through the Embedder")
+    parser.add_argument("--calibrate-int8", action="store_true",
+                        help="measure the int8 activation ranges on 128 LFW chips and rewrite "
+                        "facenet_cli/nets/dlib_resnet_int8.py, then exit")
+    parser.add_argument("--quick", action="store_true",
+                        help="4 faces, one repeat: same steps, same table, figures not quotable")
+    return parser
 
 
-ARGS = parse_args()
-for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[variable] = str(ARGS.threads)
+# Thread counts must be fixed before numpy, torch or dlib start their pools, so the options are
+# read at import when this file runs as a script (importing it, e.g. from a test, reads none).
+ARGS = build_parser().parse_args() if __name__ == "__main__" else build_parser().parse_args([])
+if ARGS.quick:
+    ARGS.faces, ARGS.repeats = 4, 1
+if __name__ == "__main__":
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = str(ARGS.threads)
 
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -44,7 +57,8 @@ from facenet_cli import resources  # noqa: E402
 from facenet_cli.nets.dlib_resnet import conv_flops, load_dlib_resnet  # noqa: E402
 from tests._dlib_chips import lfw_chips  # noqa: E402
 
-torch.set_num_threads(ARGS.threads)
+if __name__ == "__main__":
+    torch.set_num_threads(ARGS.threads)
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -88,12 +102,60 @@ def interleaved_rates(network_run, network_flops: float, repeats: int, size: int
     return statistics.median(network_rates), statistics.median(matmul_rates), statistics.median(ratios)
 
 
+def write_int8_calibration(lfw: Path, count: int = 128) -> None:
+    """facenet_cli/nets/dlib_resnet_int8.py: the activation ranges of dlib's ResNet over `count`
+    dlib chips of LFW (the first photo of the first people in name order)."""
+    from facenet_cli.nets.dlib_resnet import calibrate_int8
+
+    chips = lfw_chips(lfw, count)
+    model = load_dlib_resnet(resources.dlib_model_path(resources.DLIB_RESNET)).to(memory_format=torch.channels_last)
+    batch = torch.from_numpy(np.stack(chips)).permute(0, 3, 1, 2).float()
+    ranges = calibrate_int8(model, [batch[i:i + 32] for i in range(0, len(batch), 32)])
+    body = "".join(f"    {name!r}: [{low!r}, {high!r}],\n" for name, (low, high) in ranges.items())
+    target = Path(__file__).resolve().parents[1] / "facenet_cli" / "nets" / "dlib_resnet_int8.py"
+    target.write_text(
+        '"""Activation ranges of dlib\'s ResNet for its int8 network, [min, max] per quantized tensor,\n'
+        f'measured on {len(chips)} dlib chips of LFW (the first photo of the first people by name).\n\n'
+        'Written by `python benchmarks/embed_speed.py --calibrate-int8`; do not edit by hand.\n"""\n'
+        f"ACTIVATION_RANGES = {{\n{body}}}\n")
+    print(f"wrote {target} from {len(chips)} chips")
+
+
+def precision_table(chips: list, repeats: int) -> None:
+    """ms per face at batch 32 through the Embedder, fp32 / bf16 / int8 timed in turn (so each
+    sees the same load), and how far each moves the unit vectors from fp32's."""
+    from facenet_cli.catalogue import get_record
+    from facenet_cli.embed import Embedder
+
+    record = get_record("dlib-resnet.v1")
+    embedders = {p: Embedder(record, device="cpu", batch_size=32, precision=p) for p in ("fp32", "bf16", "int8")}
+    vectors = {p: e.embed(chips) for p, e in embedders.items()}  # also the warm-up
+    times: dict[str, list[float]] = {p: [] for p in embedders}
+    for _ in range(repeats):
+        for p, e in embedders.items():
+            start = time.perf_counter()
+            e.embed(chips)
+            times[p].append(time.perf_counter() - start)
+    fp32 = statistics.median(times["fp32"])
+    print(f"\nprecision, batch 32, {len(chips)} faces, through Embedder.embed (median of {repeats}, interleaved):")
+    print(f"{'':6} {'ms/face':>8} {'speed vs fp32':>14} {'sq. L2 to fp32: median':>23} {'max':>8}")
+    for p in embedders:
+        moved = ((vectors[p] - vectors["fp32"]) ** 2).sum(1)
+        median_s = statistics.median(times[p])
+        print(f"{p:6} {median_s / len(chips) * 1e3:8.2f} {fp32 / median_s:13.2f}x "
+              f"{float(np.median(moved)):23.6f} {float(moved.max()):8.6f}")
+    print(f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}; load average {os.getloadavg()}")
+
+
 def main() -> None:
     import dlib
 
     lfw = ARGS.data / "lfw" / "deepfunneled"
     if not lfw.is_dir():
         sys.exit(f"LFW images not found at {lfw}; pass --data or set FACENET_DATA.")
+    if ARGS.calibrate_int8:
+        write_int8_calibration(lfw)
+        return
     chips = lfw_chips(lfw, ARGS.faces)
     n = len(chips)
     dat = resources.dlib_model_path(resources.DLIB_RESNET)
@@ -111,7 +173,7 @@ def main() -> None:
             theirs = median_seconds(
                 lambda: [reference.compute_face_descriptor(chips[s:s + batch_size], num_jitters=0)
                          for s in range(0, n, batch_size)], ARGS.repeats) / n
-        rows.append((f"batch {batch_size}", ours * 1e3, theirs * 1e3))
+        rows.append((f"batch {min(batch_size, n)}", ours * 1e3, theirs * 1e3))
 
     print(f"{n} LFW chips, {ARGS.threads} thread(s), median of {ARGS.repeats}, torch {torch.__version__}, "
           f"dlib {dlib.__version__} (BLAS {'on' if dlib.DLIB_USE_BLAS else 'off'})")
@@ -123,9 +185,12 @@ def main() -> None:
     network_rate, matmul_rate, ratio = interleaved_rates(
         torch_runner(model, batch, 32), flops_per_face * n, ARGS.repeats)
     print(f"\nnetwork: {flops_per_face / 1e9:.3f} GFLOP per face (convolutions + fc)")
-    print(f"batch 32, timed alternately with fp32 matmul 2048x2048 (median of {ARGS.repeats} pairs):")
+    print(f"batch {min(32, n)}, timed alternately with fp32 matmul 2048x2048 (median of {ARGS.repeats} pairs):")
     print(f"  network {network_rate / 1e9:.1f} GFLOP/s, matmul {matmul_rate / 1e9:.1f} GFLOP/s, "
           f"network/matmul = {ratio:.2f}")
+
+    if ARGS.precision:
+        precision_table(chips, ARGS.repeats)
 
     if ARGS.variants:
         print("\nvariants at batch 32 (ms/face):")

@@ -1,6 +1,6 @@
 """Raw LFW photos to embeddings: our pipeline against face_recognition's default one, side by side.
 
-    python benchmarks/end_to_end.py [--images 1000] [--repeats 1]
+    python benchmarks/end_to_end.py [--images 1000] [--repeats 1] [--quick]
 
 Both sides get the same images (`lfw_sample`) and two processes:
 
@@ -15,7 +15,8 @@ Both sides get the same images (`lfw_sample`) and two processes:
 Each run is a fresh Python process (so that peak RSS is that side's alone); the sides alternate
 (ours first on even repeats, theirs first on odd ones) so that load from other jobs hits both
 alike. Timed from before the models load to the last embedding (imports excluded; the process's
-whole wall time is shown too). Figures are medians over --repeats.
+whole wall time is shown too). Figures are medians over --repeats. `--quick`: 8 images, one
+repeat.
 """
 from __future__ import annotations
 
@@ -163,14 +164,22 @@ def launch(side: str, raw: Path, out: Path) -> dict:
     return result
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="8 images, one repeat: same steps, same table, figures not quotable")
     parser.add_argument("--side", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.quick:
+        args.images, args.repeats = 8, 1
     if args.side:
         child(args.side, args.raw, args.out)
         return

@@ -1,11 +1,13 @@
 """The whole LFW View 2 benchmark, end to end, with the commands the README shows.
 
-    python benchmarks/lfw_view2.py [--out work/lfw-view2] [--workers 2] [--flip]
+    python benchmarks/lfw_view2.py [--out work/lfw-view2] [--workers 2] [--flip] [--fresh] [--quick]
 
 Runs `facenet align` on all 13,233 deep-funneled LFW images (the default model's spec; only a
 face covering the image centre counts, HOG first and dlib's CNN where HOG finds none, the
 centre-box fallback for what is still missed), `facenet represent`, `facenet lfw-roc`, and
 prints each command, its wall time, its peak memory and the results beside published figures.
+`--quick`: the first 2 matched and 2 mismatched pairs of each of the 10 folds (40 pairs, about
+80 images) into work/lfw-view2-quick, same commands, same table.
 """
 from __future__ import annotations
 
@@ -20,9 +22,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _common import DATA
+from _common import LFW, QUICK_HELP, make_tree, pair_image_files, pairs_subset
 
-LFW = DATA / "lfw"
 PUBLISHED = [
     ("FaceNet (Schroff et al. 2015)", "0.9963 ± 0.0009", ""),
     ("dlib ResNet, dlib's own figure", "0.9938", ""),
@@ -47,34 +48,44 @@ def run(cmd: list[str]) -> tuple[float, float]:
     return time.perf_counter() - started, peak_kb / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("work/lfw-view2"))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="work folder (default work/lfw-view2, with --quick work/lfw-view2-quick)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="delete earlier outputs first (else align resumes)")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    args.out = args.out or Path("work/lfw-view2-quick" if args.quick else "work/lfw-view2")
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
+    images, pairs = LFW / "deepfunneled", LFW / "pairs.txt"
+    if args.quick:
+        pairs = pairs_subset(pairs, args.out / "pairs-quick.txt", per_fold=2)
+        images = make_tree(pair_image_files(pairs), args.out / "raw")
     facenet = [sys.executable, "-m", "facenet_cli"]
     aligned, reps, evaluation = args.out / "aligned", args.out / "reps", args.out / "eval"
     times = {
-        "align": run(facenet + ["align", str(LFW / "deepfunneled"), str(aligned), "--faces", "center-only",
+        "align": run(facenet + ["align", str(images), str(aligned), "--faces", "center-only",
                                 "--detector", "hog+cnn", "--fallback", "center", "--workers", str(args.workers)]),
         "represent": run(facenet + ["represent", str(aligned), str(reps)] + (["--flip"] if args.flip else [])),
-        "lfw-roc": run(facenet + ["lfw-roc", str(reps), str(LFW / "pairs.txt"), "--out", str(evaluation),
+        "lfw-roc": run(facenet + ["lfw-roc", str(reps), str(pairs), str(evaluation),
                                   "--comparisons", str(LFW / "comparisons")]),
     }
     with open(aligned / "align-report.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     counts = Counter(r["status"] for r in rows)
-    fallbacks = [r for r in rows if r["status"] == "fallback" or
-                 (r["status"] == "done-before" and r["detail"] == "was fallback")]
+    fallbacks = [r for r in rows if r["status"] == "fallback"]
     result = json.loads((evaluation / "result.json").read_text())
 
-    print(f"\nLFW View 2 (10 folds, 6,000 pairs), dlib-resnet.v1{' + flip' if args.flip else ''}, this machine")
+    pair_count = result.get("pairs", 6000)
+    print(f"\nLFW View 2 (10 folds, {pair_count:,} pairs), dlib-resnet.v1{' + flip' if args.flip else ''}, this machine")
     print(f"images: {len(rows)}; aligned {counts['aligned']}, centre-box fallback {len(fallbacks)}, "
-          f"no face {counts['no-face']}, unreadable {counts['unreadable']}, done before {counts['done-before']}")
+          f"no face {counts['no-face']}, unreadable {counts['unreadable']}, other {len(rows) - sum(counts[k] for k in ('aligned', 'fallback', 'no-face', 'unreadable'))}")
     for step, (seconds, peak_mb) in times.items():
         print(f"  {step:<10} {seconds:8.1f} s wall, peak RSS {peak_mb:6.0f} MB")
     print(f"{'':<34} {'accuracy':>18} {'AUC':>7} {'VAL@FAR=0.001':>16} {'EER':>7}")

@@ -27,9 +27,9 @@ _EXPORTS = {
     "represent_tree": "represent",
     "compare_photos": "compare",
     "RepsWriter": "reps", "read_reps": "reps", "Reps": "reps",
-    "read_pairs": "lfw", "evaluate_lfw": "lfw",
+    "read_pairs": "lfw", "evaluate_lfw": "lfw_report", "evaluate_distances": "verification",
     "tsne_map": "tsne",
-    "Gallery": "gallery", "identify": "identify", "cluster_faces": "cluster",
+    "Gallery": "gallery", "identify": "identification", "cluster_faces": "cluster",
     "FacenetError": "errors", "BadImage": "errors", "NoFace": "errors", "UsageError": "errors",
     "DataError": "errors", "UnknownModel": "errors", "ChecksumMismatch": "errors",
 }

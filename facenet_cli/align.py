@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import dlib
 import numpy as np
 
 from .align_specs import AlignSpec
+from .choices import FacePolicy, Fallback, values
 from .detect import FaceBox, FaceDetector
 from .errors import MultipleFaces, NoFace, UsageError
 from .resources import SHAPE_PREDICTOR_5, SHAPE_PREDICTOR_68, dlib_model_path
@@ -16,13 +18,30 @@ from .resources import SHAPE_PREDICTOR_5, SHAPE_PREDICTOR_68, dlib_model_path
 # "center": the face nearest the image centre. "center-only": only a face whose box covers the
 # image centre counts (datasets such as LFW centre the labelled person; a bystander found when
 # the person was missed must not stand in for them: the next detector or the fallback does).
-FACE_POLICIES = ("largest", "center", "center-only", "all", "skip-multi")
-FALLBACKS = ("none", "center")
+FACE_POLICIES = values(FacePolicy)
+# No face found: "none" records it; "center" assumes the face where a centred portrait has it;
+# "whole" takes the whole image as the face box (photos that are already tight face crops).
+FALLBACKS = values(Fallback)
+# Output side in pixels, checked here and by the CLI's parser.
+MIN_SIZE, MAX_SIZE = 16, 2048
 
 # Where the face of a roughly centred portrait sits, as fractions of the image side. Measured
 # as the median HOG box over LFW deep-funneled images (250x250): (0.268, 0.320)-(0.700, 0.748)
 # of the side; the fallback runs the landmark predictor on this box when no face is detected.
 CENTER_BOX_FRACTIONS = (0.27, 0.32, 0.70, 0.75)
+
+
+def _shape_predictor(points: int):
+    """dlib's model, loaded once per process (the 68-point one is 100 MB) and shared; the file
+    is located and verified on every call, so a damaged or replaced file is never hidden."""
+    path = dlib_model_path(SHAPE_PREDICTOR_68 if points == 68 else SHAPE_PREDICTOR_5)
+    info = path.stat()
+    return _load_shape_predictor(str(path), info.st_size, info.st_mtime_ns)
+
+
+@lru_cache(maxsize=None)
+def _load_shape_predictor(path: str, size: int, mtime_ns: int):
+    return dlib.shape_predictor(path)
 
 
 class LandmarkPredictor:
@@ -32,8 +51,7 @@ class LandmarkPredictor:
         if points not in (68, 5):
             raise UsageError(f"Landmark models have 68 or 5 points, not {points}.")
         self.points = points
-        name = SHAPE_PREDICTOR_68 if points == 68 else SHAPE_PREDICTOR_5
-        self._predictor = dlib.shape_predictor(str(dlib_model_path(name)))
+        self._predictor = _shape_predictor(points)
 
     def shape(self, rgb: np.ndarray, box: FaceBox) -> dlib.full_object_detection:
         return self._predictor(rgb, box.to_dlib())
@@ -72,6 +90,20 @@ def center_box(height: int, width: int) -> FaceBox:
                    int(round(x0 + r * side)), int(round(y0 + b * side)), 0.0)
 
 
+def whole_box(height: int, width: int) -> FaceBox:
+    """The whole image as a face box (dlib's rectangles include their right and bottom edge)."""
+    return FaceBox(0, 0, max(width - 1, 0), max(height - 1, 0), 0.0)
+
+
+def fallback_box(kind: str, height: int, width: int) -> FaceBox:
+    return whole_box(height, width) if kind == "whole" else center_box(height, width)
+
+
+def check_size(size: int) -> None:
+    if not MIN_SIZE <= int(size) <= MAX_SIZE:
+        raise UsageError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, not {size}.")
+
+
 def choose_faces(boxes: list[FaceBox], policy: str, height: int, width: int) -> list[FaceBox]:
     """Apply the multi-face policy to the detected boxes."""
     if not boxes:
@@ -104,6 +136,8 @@ class FaceAligner:
     upsample: int | str = 1
     faces: str = "largest"
     fallback: str = "none"
+    pixel_budget: int | None = None  # override the detector's (detect.PIXEL_BUDGET)
+    upsample_budget: int | None = None  # override the detector's (detect.UPSAMPLE_BUDGET)
     _detector: FaceDetector = field(init=False, repr=False)
     _landmarks: LandmarkPredictor = field(init=False, repr=False)
 
@@ -112,9 +146,11 @@ class FaceAligner:
             raise UsageError(f"--faces must be one of {', '.join(FACE_POLICIES)}, not {self.faces!r}.")
         if self.fallback not in FALLBACKS:
             raise UsageError(f"--fallback must be one of {', '.join(FALLBACKS)}, not {self.fallback!r}.")
+        check_size(self.spec.size)
         if self.spec.method == "openface-affine" and self.spec.landmarks != 68:
             raise UsageError("OpenFace templates need the 68-point landmarks.")
-        self._detector = FaceDetector(self.detector, self.upsample)
+        self._detector = FaceDetector(self.detector, self.upsample, upsample_budget=self.upsample_budget,
+                                      pixel_budget=self.pixel_budget)
         self._landmarks = LandmarkPredictor(self.spec.landmarks)
 
     def align_box(self, rgb: np.ndarray, box: FaceBox, fallback: bool = False) -> AlignedFace:
@@ -131,9 +167,9 @@ class FaceAligner:
         clock.lap("detect")
         fallback = False
         if not chosen:
-            if self.fallback != "center":
+            if self.fallback == "none":
                 raise NoFace("no face found")
-            chosen, fallback = [center_box(rgb.shape[0], rgb.shape[1])], True
+            chosen, fallback = [fallback_box(self.fallback, height, width)], True
         shapes = [self._landmarks.shape(rgb, box) for box in chosen]
         clock.lap("landmarks")
         faces = [AlignedFace(warp(rgb, self.spec, s), b, LandmarkPredictor.to_array(s), fallback)

@@ -5,9 +5,18 @@ An aligned folder holds:
 
 - the crops, `<person>/<image>.png`, mirroring the photo tree they came from;
 - `align-spec.json`: the alignment spec and the options that made them (a rerun must match);
-- `align-report.csv`: one row per input file with its outcome (`input,status,outputs,detail`).
-  During a run every finished file is appended to it at once, so a killed run keeps the
-  outcome of every file it finished; the end of the run rewrites it sorted, one row per input.
+- `align-report.csv`: one row per entry of the photo tree with its outcome
+  (`input,status,outputs,detail,source`; `source` is the input's `size:mtime_ns`, so a rerun can
+  tell an unchanged input whose outcome it may reuse). During a run every finished file is
+  appended to it at once, so a killed run keeps the outcome of every file it finished; the end
+  of the run rewrites it sorted, one row per entry. Reports of older versions (four columns)
+  are read too.
+- Output names (`output_names`): `<person>/<image>.png`; when two inputs share a stem
+  (`a.jpg`, `a.png`) both keep their suffix (`a.jpg.png`, `a.png.png`); names are compared
+  casefolded (a case-insensitive filesystem would merge `A.png` and `a.png`), and an input whose
+  every name is taken gets a `collision` outcome naming the input that holds it. With
+  `--faces all` an image's faces are `<stem>_0.png`, `<stem>_1.png`, ... (always numbered, so two
+  different stems never produce the same name).
 
 File names: a name that holds a line break or another control character cannot be carried
 through OpenFace's CSV files and most tools, so `align` refuses such inputs with a report row
@@ -20,8 +29,9 @@ import io
 import json
 import os
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Iterable
 
 from .atomic import is_temp_name, write_bytes_atomic, write_json_atomic
@@ -33,7 +43,7 @@ if TYPE_CHECKING:  # annotations only: this module stays free of numpy, dlib and
 
 SPEC_FILE = "align-spec.json"
 REPORT_FILE = "align-report.csv"
-REPORT_COLUMNS = ("input", "status", "outputs", "detail")
+REPORT_COLUMNS = ("input", "status", "outputs", "detail", "source")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 
 # Every input file ends in exactly one of these.
@@ -52,6 +62,14 @@ STATUSES = (
 
 def looks_like_image(path: str | PurePath) -> bool:
     return PurePath(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def printable_name(rel: str) -> str:
+    """A name fit for one CSV cell and one terminal line: control characters and undecodable
+    bytes are written as escapes (`\\n`, `\\x1b`, `\\udcff`)."""
+    escaped = "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch
+                      for ch in rel)
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def name_problem(rel: str) -> str | None:
@@ -73,9 +91,10 @@ class FileOutcome:
     detail: str = ""
     timings: dict = field(default_factory=dict)
     resumed: bool = False  # finished by an earlier run of the same job
+    source: str = ""  # the input's "size:mtime_ns" when it was processed ("" when not read)
 
     def row(self) -> list[str]:
-        return [self.input, self.status, ";".join(self.outputs), self.detail]
+        return [self.input, self.status, ";".join(self.outputs), self.detail, self.source]
 
 
 # ---------------------------------------------------------------- the report
@@ -99,9 +118,10 @@ def read_report(path: Path) -> dict[str, FileOutcome]:
     try:
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
             for row in csv.reader(fh):
-                if len(row) != 4 or tuple(row) == REPORT_COLUMNS or row[1] not in STATUSES:
-                    continue
-                outcomes[row[0]] = FileOutcome(row[0], row[1], [x for x in row[2].split(";") if x], row[3])
+                if len(row) not in (4, 5) or row[1] not in STATUSES:
+                    continue  # the header, a row cut by a kill, a status of another version
+                outcomes[row[0]] = FileOutcome(row[0], row[1], [x for x in row[2].split(";") if x], row[3],
+                                               source=row[4] if len(row) == 5 else "")
     except (OSError, csv.Error):
         return outcomes
     return outcomes
@@ -136,6 +156,53 @@ class ReportJournal:
             self._fh.close()
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------- output names
+
+def name_key(rel: str) -> str:
+    """How a filesystem may see a name: case-insensitive, Unicode-normalised (macOS)."""
+    return unicodedata.normalize("NFC", rel).casefold()
+
+
+def output_names(inputs: Iterable[str], numbered: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+    """Give each input (sorted posix paths relative to the photo tree) its output stem.
+
+    Returns (stems, collisions): `stems[input]` is the stem of its outputs (`stem + ".png"`,
+    or `stem_0.png`, `stem_1.png`, ... when `numbered`), `collisions[input]` the earlier input
+    that holds every name it could have. Deterministic in the list of inputs."""
+    inputs = list(inputs)
+    plain = {rel: str(PurePosixPath(rel).with_suffix("")) for rel in inputs}
+    shared = Counter(name_key(stem) for stem in plain.values())
+    holder: dict[str, str] = {}  # name key of a stem -> the input holding it
+    # A stem must not also be a folder of other outputs (`x.jpg` -> `x.png` beside `x.png/y.jpg`).
+    folders = {name_key(str(parent)) for rel in inputs for parent in PurePosixPath(rel).parents}
+    stems: dict[str, str] = {}
+    collisions: dict[str, str] = {}
+    for rel in inputs:
+        first = plain[rel] if shared[name_key(plain[rel])] == 1 else rel
+        taken_by = None
+        for stem in dict.fromkeys((first, rel)):  # the plain stem, else the name with its suffix
+            key = name_key(stem)
+            file_key = key if numbered else name_key(stem + ".png")
+            if key in holder:
+                taken_by = taken_by or holder[key]
+            elif not numbered and file_key in folders:
+                taken_by = taken_by or next(i for i in inputs if name_key(i).startswith(file_key + "/"))
+            else:
+                holder[key] = rel
+                stems[rel] = stem
+                break
+        else:
+            collisions[rel] = taken_by
+    return stems, collisions
+
+
+def face_outputs(stem: str, count: int, numbered: bool) -> list[str]:
+    """The output names of an input with `count` faces."""
+    if not numbered:
+        return [stem + ".png"]
+    return [f"{stem}_{i}.png" for i in range(count)]
 
 
 # ---------------------------------------------------------------- the folder
@@ -225,19 +292,31 @@ class AlignedFolder:
 
     # -- the crops
 
-    def images(self) -> list[str]:
-        """Every aligned image, as sorted posix paths relative to the folder (hidden files,
-        temporary files and names with control characters left out)."""
-        found = []
+    def _image_files(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """(usable image paths, [(path, why not)] for image files whose names cannot be used)."""
+        found, refused = [], []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in filenames:
                 if name.startswith(".") or is_temp_name(name) or not looks_like_image(name):
                     continue
                 rel = Path(dirpath, name).relative_to(self.root).as_posix()
-                if name_problem(rel) is None:
+                problem = name_problem(rel)
+                if problem is None:
                     found.append(rel)
-        return sorted(found)
+                else:
+                    refused.append((rel, problem))
+        return sorted(found), sorted(refused)
+
+    def images(self) -> list[str]:
+        """Every aligned image, as sorted posix paths relative to the folder (hidden files,
+        temporary files and names with control characters left out)."""
+        return self._image_files()[0]
+
+    def bad_names(self) -> list[tuple[str, str]]:
+        """(relative path, reason) of the image files `images` leaves out for their names, so
+        that readers report them instead of dropping them silently."""
+        return self._image_files()[1]
 
     def people(self) -> dict[str, list[str]]:
         """person -> sorted relative paths of `<person>/<image>` crops (deeper files are not faces of one person)."""

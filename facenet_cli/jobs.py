@@ -1,71 +1,100 @@
-"""Batch alignment of a `<person>/<image>` tree: process pool, resumable, every file's outcome.
+"""Batch alignment of a `<person>/<image>` tree: process pool, resumable, every entry's outcome.
 
-Each worker process builds its FaceAligner (detector + landmark model) once. Outputs are written
-to a temporary file and renamed, so a killed run leaves only whole images and a rerun skips them.
+The run, in order:
+
+1. refuse what cannot work: RAW missing, OUT unwritable, OUT and RAW nested in each other,
+   OUT aligned with other options or with a damaged `align-spec.json`;
+2. remove temporary files that killed runs left in OUT (their names carry the dead pid);
+3. list RAW: every entry gets exactly one outcome. Hidden entries, links to folders and special
+   files are `skipped` (with why), names with control characters are `bad-name`, inputs whose
+   output name is taken are `collision`; files already finished by an earlier run (same input
+   size and mtime, outputs present) keep their recorded outcome, marked `resumed`;
+4. align the rest in N processes that each load the detector and landmark model once. A failure
+   inside one image is that image's `error` outcome; each finished file's outcome is appended to
+   the report at once (`aligned.ReportJournal`), so a kill loses nothing finished;
+5. rewrite the report sorted. A full disk, a dead worker process or Ctrl-C end the run with one
+   sentence after killing the workers, removing their temporary files and writing the report
+   of what was done; rerunning the same command resumes.
+
+Every write goes through `atomic.py`: a killed run never leaves half an image under a real name.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
+import ctypes
 import os
+import signal
+import stat
+import sys
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from itertools import islice
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
-import cv2
-import numpy as np
-
-from .align import FaceAligner, center_box
 from .align_specs import AlignSpec
-from .errors import BadImage, FacenetError, MultipleFaces, NoFace, UsageError
-from .images import read_rgb
+from .aligned import (REPORT_FILE, SPEC_FILE, STATUSES, AlignedFolder, FileOutcome, face_outputs,  # noqa: F401
+                      name_problem, output_names, printable_name)
+from .atomic import remove_stale_temps, temp_path, write_bytes_atomic
+from .errors import BadImage, DiskFull, FacenetError, MultipleFaces, NoFace, UsageError, write_error
 
-SPEC_FILE = "align-spec.json"
-REPORT_FILE = "align-report.csv"
-TEMP_MARK = ".tmp-"
-
-# Every input file ends in exactly one of these.
-STATUSES = ("aligned", "fallback", "no-face", "multiple-faces", "unreadable", "done-before")
 STAGES = ("decode", "detect", "landmarks", "warp", "write")
+# Outcomes of reading an input that a rerun may reuse while the input is unchanged. `error` is
+# always retried (it may have been passing trouble); skipped, bad-name and collision are
+# decided afresh from the listing on every run.
+REUSABLE = ("aligned", "fallback", "no-face", "multiple-faces", "unreadable")
+WROTE_FACES = ("aligned", "fallback")
 
 
 @dataclass(frozen=True)
 class AlignJob:
-    """Everything a worker needs to align a file; small and picklable."""
+    """Everything a worker needs to align a file; small and picklable. Values are checked here,
+    so a bad one fails before any model loads."""
 
     spec: AlignSpec
     detector: str = "hog"
     upsample: int | str = "auto"
     faces: str = "largest"
-    fallback: str = "none"  # "none" or "center"
+    fallback: str = "none"  # "none", "center" or "whole"
     fallback_dir: str | None = None  # OpenFace style: the same relative path in a second tree
 
+    def __post_init__(self):
+        from .align import FACE_POLICIES, FALLBACKS, check_size
+        from .detect import DETECTORS, parse_upsample  # noqa: I001 (the engine validates its own values)
+
+        # Enum members (the CLI's) and paths become the plain values that align-spec.json records.
+        for name, allowed in (("detector", DETECTORS), ("faces", FACE_POLICIES), ("fallback", FALLBACKS)):
+            value = getattr(self, name)
+            value = getattr(value, "value", value)
+            if value not in allowed:
+                raise UsageError(f"--{name} must be one of {', '.join(allowed)}, not {value!r}.")
+            object.__setattr__(self, name, str(value))
+        object.__setattr__(self, "upsample", parse_upsample(getattr(self.upsample, "value", self.upsample)))
+        if self.fallback_dir is not None:
+            object.__setattr__(self, "fallback_dir", str(self.fallback_dir))
+        check_size(self.spec.size)
+
+    @property
+    def numbered(self) -> bool:
+        return self.faces == "all"
+
     def record(self) -> dict:
-        """What goes into OUT/align-spec.json; `represent` checks it against the model."""
+        """What goes into OUT/align-spec.json; a rerun must match it, `represent` checks the spec."""
         return {"spec": self.spec.to_dict(), "detector": self.detector, "upsample": self.upsample,
                 "faces": self.faces, "fallback": self.fallback,
                 "fallback_dir": self.fallback_dir}
 
 
 @dataclass
-class FileOutcome:
-    input: str  # relative to RAW, posix
-    status: str
-    outputs: list[str] = field(default_factory=list)  # relative to OUT
-    detail: str = ""
-    timings: dict = field(default_factory=dict)
-
-
-@dataclass
 class AlignReport:
-    outcomes: list[FileOutcome]
+    outcomes: list[FileOutcome]  # one per entry of RAW, in listing order
     seconds: float
     out_dir: Path
+    raw_dir: Path | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -73,8 +102,23 @@ class AlignReport:
         return {status: counter.get(status, 0) for status in STATUSES}
 
     @property
+    def counts_now(self) -> dict[str, int]:
+        counter = Counter(o.status for o in self.outcomes if not o.resumed)
+        return {status: counter.get(status, 0) for status in STATUSES}
+
+    @property
+    def counts_earlier(self) -> dict[str, int]:
+        """Per status, the files finished by earlier runs of the same job (reused, not redone)."""
+        counter = Counter(o.status for o in self.outcomes if o.resumed)
+        return {status: counter.get(status, 0) for status in STATUSES}
+
+    @property
     def total(self) -> int:
         return len(self.outcomes)
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / REPORT_FILE
 
     def stage_ms(self) -> dict[str, float]:
         """Mean milliseconds per processed file for each stage."""
@@ -82,70 +126,153 @@ class AlignReport:
         return {s: (sum(o.timings.get(s, 0.0) for o in worked) / len(worked) if worked else 0.0)
                 for s in STAGES}
 
+    def summary(self) -> dict:
+        """The `--json` summary: counts per status (now / in earlier runs), total, seconds, paths."""
+        now, earlier = self.counts_now, self.counts_earlier
+        return {
+            "counts": {s: {"now": now[s], "earlier": earlier[s], "total": now[s] + earlier[s]} for s in STATUSES},
+            "now": sum(now.values()), "earlier": sum(earlier.values()), "total": self.total,
+            "seconds": round(self.seconds, 3), "raw": str(self.raw_dir) if self.raw_dir else None,
+            "out": str(self.out_dir), "report": str(self.report_path),
+        }
 
-# ---------------------------------------------------------------- listing and naming
+
+# ---------------------------------------------------------------- listing RAW
+
+@dataclass
+class Listing:
+    """RAW's entries: files to read (with their size:mtime signature) and entries settled
+    without reading (skipped, bad-name)."""
+
+    files: list[str] = field(default_factory=list)
+    signatures: dict[str, str] = field(default_factory=dict)
+    settled: list[FileOutcome] = field(default_factory=list)
+
+
+def scan_tree(raw: Path) -> Listing:
+    """Every entry under RAW: regular files and links to files are inputs; hidden entries, links
+    to folders (never entered, so a tree cannot loop or leave RAW) and special files are
+    skipped with why; names with control characters are refused. Sorted, posix, relative."""
+    listing = Listing()
+
+    def settle(rel: str, status: str, detail: str) -> None:
+        listing.settled.append(FileOutcome(printable_name(rel), status, detail=detail))
+
+    def walk(folder: Path, prefix: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            settle(prefix.rstrip("/") or ".", "skipped", f"folder cannot be listed ({exc.strerror or exc})")
+            return
+        for entry in entries:
+            rel = prefix + entry.name
+            try:
+                is_link = entry.is_symlink()
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_link, is_dir = False, False
+            if entry.name.startswith("."):
+                settle(rel, "skipped", "hidden folder, not entered" if is_dir else "hidden file")
+            elif is_dir and is_link:
+                settle(rel, "skipped", "link to a folder, not entered")
+            elif is_dir:
+                walk(Path(entry.path), rel + "/")
+            else:
+                try:
+                    info = entry.stat()  # follows a link to its file
+                except OSError:
+                    settle(rel, "skipped", "broken link" if is_link else "cannot be read")
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    settle(rel, "skipped", "not a regular file (a device, pipe or socket)")
+                elif name_problem(rel):
+                    settle(rel, "bad-name", name_problem(rel))
+                else:
+                    listing.files.append(rel)
+                    listing.signatures[rel] = f"{info.st_size}:{info.st_mtime_ns}"
+
+    walk(raw, "")
+    return listing
+
 
 def list_inputs(raw: Path) -> list[str]:
-    """Every non-hidden file under RAW, as sorted posix paths relative to it."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(raw):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith("."):
-                found.append(Path(dirpath, name).relative_to(raw).as_posix())
-    return sorted(found)
-
-
-def output_names(inputs: list[str]) -> dict[str, str]:
-    """Map each input to its PNG output stem; `a.jpg` and `a.png` side by side keep both."""
-    stems = Counter(str(Path(p).with_suffix("")) for p in inputs)
-    return {p: (str(Path(p).with_suffix("")) if stems[str(Path(p).with_suffix(""))] == 1 else p)
-            for p in inputs}
-
-
-def face_outputs(stem: str, count: int, numbered: bool) -> list[str]:
-    if not numbered:
-        return [stem + ".png"]
-    return [f"{stem}_{i}.png" for i in range(count)]
-
-
-def finished_marker(stem: str, numbered: bool) -> str:
-    # In "all" mode face 0 is written last, so its presence means the whole image is done.
-    return f"{stem}_0.png" if numbered else stem + ".png"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise FacenetError("PNG encoding failed")
-    return buf.tobytes()
+    """The files under RAW that align would read, as sorted posix paths relative to it."""
+    return sorted(scan_tree(Path(raw)).files)
 
 
 # ---------------------------------------------------------------- the worker
 
-_ALIGNER: FaceAligner | None = None
+_ALIGNER = None  # FaceAligner, built once per process and job
 _JOB: AlignJob | None = None
+PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(job: AlignJob) -> None:
+def _aligner_for(job: AlignJob):
     global _ALIGNER, _JOB
-    cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
-    _JOB = job
-    _ALIGNER = FaceAligner(job.spec, job.detector, job.upsample, job.faces, job.fallback)
+    if _ALIGNER is None or _JOB != job:
+        import cv2
+
+        from .align import FaceAligner
+
+        cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
+        _ALIGNER = FaceAligner(job.spec, job.detector, job.upsample, job.faces, job.fallback)
+        _JOB = job
+    return _ALIGNER
+
+
+def die_with_parent(parent_pid: int, use_prctl: bool = True) -> None:
+    """Make this worker process end when its parent dies (even by kill -9), so no orphan goes
+    on aligning: Linux's PR_SET_PDEATHSIG, else a thread that polls the parent's pid."""
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.25)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="facenet-parent-watch", daemon=True).start()
+
+
+def _init_worker(job: AlignJob, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _aligner_for(job)
 
 
 def _align_one(task: tuple[str, str, str, str]) -> FileOutcome:
+    """One file's outcome; nothing that goes wrong inside one image ends the run, except a full
+    disk (every later write would fail too)."""
+    rel = task[2]
+    try:
+        return _align_file(task)
+    except DiskFull:
+        raise
+    except Exception as exc:  # noqa: BLE001 (MemoryError included: that image alone was too much)
+        return FileOutcome(rel, "error", detail=short_reason(exc))
+
+
+def short_reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    reason = f"{type(exc).__name__}: {text}" if not isinstance(exc, FacenetError) else text
+    return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def _align_file(task: tuple[str, str, str, str]) -> FileOutcome:
+    import cv2
+
+    from .images import read_rgb
+
     raw, out, rel, stem = task
-    job, aligner = _JOB, _ALIGNER
-    assert job is not None and aligner is not None
+    job = _JOB
+    aligner = _aligner_for(job)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
@@ -157,7 +284,8 @@ def _align_one(task: tuple[str, str, str, str]) -> FileOutcome:
     try:
         faces = aligner.align(rgb, timings)
         if faces and faces[0].fallback:
-            status, detail = "fallback", "no face found; landmarks on the centre box"
+            box = "the whole image" if job.fallback == "whole" else "the centre box"
+            status, detail = "fallback", f"no face found; landmarks on {box}"
     except MultipleFaces as exc:
         return FileOutcome(rel, "multiple-faces", detail=str(exc), timings=timings)
     except NoFace:
@@ -166,21 +294,33 @@ def _align_one(task: tuple[str, str, str, str]) -> FileOutcome:
             return FileOutcome(rel, "no-face", detail="no face found", timings=timings)
         status, detail = "fallback", f"no face found; aligned from {job.fallback_dir}"
     t = time.perf_counter()
-    numbered = job.faces == "all"
-    names = face_outputs(stem, len(faces), numbered)
-    for name, face in reversed(list(zip(names, faces))):
-        write_atomic(Path(out, name), encode_png(face.image))
+    names = face_outputs(stem, len(faces), job.numbered)
+    written: list[Path] = []
+    try:
+        for name, face in zip(names, faces):
+            ok, png = cv2.imencode(".png", cv2.cvtColor(face.image, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise FacenetError("PNG encoding failed")
+            write_bytes_atomic(Path(out, name), png.tobytes())
+            written.append(Path(out, name))
+    except BaseException:
+        for path in written:  # no crop of an image whose outcome is not `aligned`
+            path.unlink(missing_ok=True)
+        raise
     timings["write"] = (time.perf_counter() - t) * 1000.0
     if len(faces) > 1:
         detail = f"{len(faces)} faces"
     return FileOutcome(rel, status, names, detail, timings)
 
 
-def _from_fallback_dir(job: AlignJob, aligner: FaceAligner, rel: str):
+def _from_fallback_dir(job: AlignJob, aligner, rel: str):
+    from .align import center_box
+    from .images import read_rgb
+
     if not job.fallback_dir:
         return []
     path = Path(job.fallback_dir, rel)
-    if not path.exists():
+    if not path.is_file():
         return []
     try:
         rgb = read_rgb(path)
@@ -197,138 +337,175 @@ def _from_fallback_dir(job: AlignJob, aligner: FaceAligner, rel: str):
 # ---------------------------------------------------------------- the job
 
 def check_folders(raw: Path, out: Path) -> None:
+    """Refuse a missing RAW, nested RAW and OUT, and an OUT that cannot be written."""
     if not raw.exists():
         raise UsageError(f"The input folder {raw} does not exist.")
     if not raw.is_dir():
         raise UsageError(f"The input {raw} is not a folder; give a folder of <person>/<image> files.")
+    real_raw, real_out = raw.resolve(), out.resolve()
+    if real_raw == real_out:
+        raise UsageError(f"The output folder {out} is the input folder; choose an output folder outside {raw}.")
+    if real_raw in real_out.parents:
+        raise UsageError(f"The output folder {out} is inside the input folder {raw}, so a later run would align "
+                         "its own crops; choose an output folder outside it.")
+    if real_out in real_raw.parents:
+        raise UsageError(f"The input folder {raw} is inside the output folder {out}; choose an output folder "
+                         "that does not hold the photos.")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe{TEMP_MARK}{os.getpid()}"
+        probe = temp_path(out / "write-probe")
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError:
+    except OSError as exc:
+        error = write_error(exc, out)
+        if isinstance(error, DiskFull):
+            raise error from None
         raise UsageError(f"The output folder {out} cannot be written; choose a folder you can write to.") from None
 
 
-def claim_output_folder(out: Path, job: AlignJob) -> None:
-    """Record the alignment in OUT, or refuse a folder aligned another way (a resumed run
-    must not mix faces aligned with different specs or options)."""
-    spec_file = out / SPEC_FILE
-    if spec_file.exists():
-        try:
-            previous = json.loads(spec_file.read_text())
-            previous_spec = AlignSpec.from_dict(previous["spec"])
-        except (ValueError, KeyError, TypeError):
-            previous = None
-        if previous is not None:
-            if previous_spec != job.spec:
-                raise UsageError(
-                    f"{out} was aligned with {previous_spec.name} at {previous_spec.size} px; "
-                    f"use another output folder for {job.spec.name} at {job.spec.size} px.")
-            changed = [f"--{k.replace('_', '-')} {previous.get(k)} (now {v})" for k, v in job.record().items()
-                       if k != "spec" and previous.get(k) != v]
-            if changed:
-                raise UsageError(f"{out} was aligned with {', '.join(changed)}; rerun with the same options "
-                                 "to resume, or use another output folder.")
-    write_atomic(spec_file, (json.dumps(job.record(), indent=2, sort_keys=True) + "\n").encode())
-
-
-def remove_stale_temp_files(out: Path) -> None:
-    for dirpath, _, filenames in os.walk(out):
-        for name in filenames:
-            if name.startswith(".") and TEMP_MARK in name:
-                Path(dirpath, name).unlink(missing_ok=True)
+def reusable(previous: FileOutcome | None, signature: str, stem: str, numbered: bool, out: Path) -> bool:
+    """May an earlier run's outcome stand for this input? Only for an unchanged input (size and
+    mtime), an outcome of reading it, and, where faces were written, the same output names, all
+    present (a crop deleted by hand is made again)."""
+    if previous is None or previous.status not in REUSABLE or not previous.source or previous.source != signature:
+        return False
+    if previous.status not in WROTE_FACES:
+        return not previous.outputs
+    if not previous.outputs or previous.outputs != face_outputs(stem, len(previous.outputs), numbered):
+        return False
+    return all((out / name).is_file() for name in previous.outputs)
 
 
 def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1,
                on_outcome: Callable[[FileOutcome], None] | None = None,
                on_start: Callable[[int], None] | None = None) -> AlignReport:
-    """Align every image under RAW into OUT (same layout, PNG); resumable; returns the report."""
+    """Align every image under RAW into OUT (same layout, PNG); resumable; returns the report.
+
+    `on_start(total)` gets the number of entries, `on_outcome(outcome)` every entry's outcome
+    as it is settled. Raises UsageError / DataError before any work, DiskFull or FacenetError
+    (a worker process died) after writing the report of what was done."""
     raw, out = Path(raw), Path(out)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}.")
     if job.fallback_dir and not Path(job.fallback_dir).is_dir():
         raise UsageError(f"The fallback folder {job.fallback_dir} does not exist.")
     check_folders(raw, out)
-    claim_output_folder(out, job)
-    remove_stale_temp_files(out)
+    folder = AlignedFolder(out)
+    folder.claim(job.record())  # refuses other options and a damaged align-spec.json
+    remove_stale_temps(out)
     started = time.perf_counter()
 
-    inputs = list_inputs(raw)
-    stems = output_names(inputs)
-    numbered = job.faces == "all"
-    previous = read_report(out / REPORT_FILE)
+    listing = scan_tree(raw)
+    stems, collisions = output_names(listing.files, job.numbered)
+    previous = folder.report()
+    settled = list(listing.settled)
+    todo: list[tuple[str, str, str, str]] = []
+    for rel in listing.files:
+        signature = listing.signatures[rel]
+        if rel in collisions:
+            settled.append(FileOutcome(rel, "collision", detail=f"its output name is taken by {collisions[rel]}",
+                                       source=signature))
+            continue
+        before = previous.get(rel)
+        if reusable(before, signature, stems[rel], job.numbered, out):
+            settled.append(FileOutcome(rel, before.status, before.outputs, before.detail, resumed=True,
+                                       source=signature))
+        else:
+            todo.append((str(raw), str(out), rel, stems[rel]))
     if on_start:
-        on_start(len(inputs))
+        on_start(len(settled) + len(todo))
 
     outcomes: list[FileOutcome] = []
-    todo: list[tuple[str, str, str, str]] = []
-    for rel in inputs:
-        stem = stems[rel]
-        if (out / finished_marker(stem, numbered)).exists():
-            before = previous.get(rel)
-            outs = before.outputs if before else [finished_marker(stem, numbered)]
-            detail = f"was {before.status}" if before and before.status != "done-before" else (
-                before.detail if before else "output exists")
-            outcome = FileOutcome(rel, "done-before", outs, detail)
-            outcomes.append(outcome)
-            if on_outcome:
-                on_outcome(outcome)
-        else:
-            todo.append((str(raw), str(out), rel, stem))
 
-    for outcome in _run(todo, job, workers):
+    def finished(outcome: FileOutcome) -> None:
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)
 
-    order = {rel: i for i, rel in enumerate(inputs)}
-    outcomes.sort(key=lambda o: order[o.input])
-    report = AlignReport(outcomes, time.perf_counter() - started, out)
-    write_report(out / REPORT_FILE, outcomes)
-    return report
+    for outcome in settled:
+        finished(outcome)
+    journal = folder.journal() if todo else None
+    try:
+        def record(outcome: FileOutcome) -> None:
+            outcome.source = listing.signatures[outcome.input]
+            journal.append(outcome)
+            finished(outcome)
+
+        _run(todo, job, workers, record, out)
+    except BaseException as exc:
+        if journal:
+            journal.close()
+        _write_report_of_what_was_done(folder, outcomes)
+        if isinstance(exc, BrokenProcessPool):
+            raise FacenetError(
+                f"A worker process died (killed, or out of memory) after {len(outcomes)} of "
+                f"{len(settled) + len(todo)} files; what was done is recorded in {folder.report_file}, and "
+                "rerunning the same command resumes.") from None
+        raise
+    if journal:
+        journal.close()
+    outcomes.sort(key=lambda o: o.input)
+    folder.write_report(outcomes)
+    return AlignReport(outcomes, time.perf_counter() - started, out, raw)
 
 
-def _run(todo, job: AlignJob, workers: int) -> Iterator[FileOutcome]:
+def _write_report_of_what_was_done(folder: AlignedFolder, outcomes: list[FileOutcome]) -> None:
+    """After a failure: the sorted report of every file settled so far. When even that cannot be
+    written (the disk is full), the journal appended so far stands in for it."""
+    try:
+        folder.write_report(sorted(outcomes, key=lambda o: o.input))
+    except FacenetError:
+        pass
+
+
+def _run(todo: list, job: AlignJob, workers: int, record: Callable[[FileOutcome], None], out: Path) -> None:
     if not todo:
         return
-    if workers == 1:
-        _init_worker(job)
+    # The models load (and their files are verified) here, in the parent: a damaged model file
+    # is one sentence before any work, and forked workers share the loaded models.
+    _aligner_for(job)
+    if workers == 1 or len(todo) == 1:
         for task in todo:
-            yield _align_one(task)
+            record(_align_one(task))
         return
-    # The sorted list is cut into small chunks that N processes take in turn: each process
-    # loads its models once; chunking keeps the shards balanced when some images are slow.
-    chunk = max(1, min(16, len(todo) // (workers * 4) or 1))
+    # Tasks go out one by one, a few per worker ahead, and each outcome is recorded as soon as
+    # its file is done (not in list order), so a kill loses no finished file's outcome. Each
+    # process loads its models once.
     # fork: no re-import of __main__ (works from notebooks and stdin scripts); workers touch
     # neither torch nor OpenMP, so forking a parent that imported them is safe.
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method),
-                             initializer=_init_worker, initargs=(job,)) as pool:
-        yield from pool.map(_align_one, todo, chunksize=chunk)
-
-
-# ---------------------------------------------------------------- the report file
-
-REPORT_COLUMNS = ("input", "status", "outputs", "detail")
-
-
-def write_report(path: Path, outcomes: Iterable[FileOutcome]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(REPORT_COLUMNS)
-    for o in outcomes:
-        writer.writerow([o.input, o.status, ";".join(o.outputs), o.detail])
-    write_atomic(path, buf.getvalue().encode("utf-8"))
-
-
-def read_report(path: Path) -> dict[str, FileOutcome]:
-    if not path.exists():
-        return {}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method),
+                               initializer=_init_worker, initargs=(job, os.getpid()))
+    tasks = iter(todo)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        return {r["input"]: FileOutcome(r["input"], r["status"], [x for x in r["outputs"].split(";") if x],
-                                        r["detail"]) for r in rows}
-    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
-        return {}  # a damaged old report only loses history, never the outputs
+        pending = {pool.submit(_align_one, task) for task in islice(tasks, workers * 4)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                record(future.result())  # re-raises DiskFull from a worker, BrokenProcessPool
+                task = next(tasks, None)
+                if task is not None:
+                    pending.add(pool.submit(_align_one, task))
+    except BaseException:
+        _stop(pool)
+        # The killed workers' temporary files are stale now (their pids are dead).
+        remove_stale_temps(out)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop at once: cancel what is queued and kill the workers (they may be mid-image)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        try:
+            process.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+    for process in processes:
+        process.join(timeout=5)
+    if manager is not None:
+        manager.join(timeout=10)  # it reaps the killed workers, so their pids read as dead
+

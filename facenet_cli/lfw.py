@@ -1,34 +1,22 @@
-"""LFW face verification: pairs files, distances, OpenFace's 10-fold protocol, ROC, VAL@FAR, EER.
+"""LFW's file formats: pairs files, image keys, distances of pairs against a representation
+folder, and the published comparison curves.
 
-Conventions, fixed here once:
-
-- The distance between two faces is the squared L2 distance of their embeddings.
-- A pair is predicted "same person" when its distance is <= the threshold.
-- Candidate thresholds are every midpoint between consecutive distinct distances, plus one
-  below the smallest and one above the largest, so every way of splitting the pairs is tried.
-- Among candidates with the best accuracy, the chosen threshold is the middle of the first
-  (lowest) run of consecutive best candidates: deterministic, and away from the edges.
-- A pair whose image has no embedding is always a wrong answer: a matched pair is never
-  predicted same and a mismatched one always is (distance +inf and -inf respectively), in
-  accuracy, ROC, AUC and VAL alike, and the result counts them.
-- VAL@FAR (as in FaceNet's paper): on each fold, the threshold is the largest candidate whose
-  false accept rate on the other folds is at most the target; VAL and FAR are then measured
-  on the fold.
+The metrics live in verification.py (pure numpy), the written benchmark (accuracies.txt,
+roc.csv, result.json, figures) in lfw_report.py.
 """
 from __future__ import annotations
 
 import csv
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import numpy as np
 
+from .aligned import AlignedFolder
 from .errors import DataError, UsageError
-from .reps import Reps, read_reps
-
-FAR_TARGET = 1e-3
-
+from .reps import Reps
+# Re-exported: training and the benchmarks import these from here.
+from .verification import FAR_TARGET, Curve, LfwResult, PairDistances, evaluate_distances  # noqa: F401
 
 # ---------------------------------------------------------------- pairs files
 
@@ -124,52 +112,50 @@ def read_pairs(path) -> Pairs:
 
 # ---------------------------------------------------------------- distances
 
-
-@dataclass
-class PairDistances:
-    """Squared L2 distance per pair; +inf / -inf mark matched / mismatched pairs missing an embedding."""
-
-    distance: np.ndarray
-    same: np.ndarray
-    missing: np.ndarray  # bool per pair
-    missing_images: list[str]  # keys of the images without an embedding, sorted
+# When more than this share of the images a pairs file names have no embedding (and the align
+# report does not explain them), the representation folder was made from other images.
+MOST_ABSENT = 0.5
 
 
 def processed_people(reps: Reps) -> set[str]:
-    """People whose images went through `facenet align` for these reps, per its report.
-
-    A person with no embedding at all is then a face that was not found (counted as wrong
-    answers), not a sign that the reps come from other images.
-    """
+    """People whose photos went through `facenet align` for these reps (face found or not), per
+    the report of the aligned folder that meta.json names; empty when there is none."""
     aligned = reps.meta.get("aligned")
-    report = Path(aligned) / "align-report.csv" if aligned else None
-    if report is None or not report.is_file():
+    if not isinstance(aligned, str) or not aligned:
         return set()
-    with open(report, newline="", encoding="utf-8") as fh:
-        return {PurePath(row["input"]).parent.name for row in csv.DictReader(fh) if row.get("input")}
+    return AlignedFolder(aligned).processed_people()
 
 
 def pair_distances(pairs: Pairs, reps: Reps, on_missing: str = "wrong",
                    processed: set[str] | None = None) -> PairDistances:
-    """Distances for every pair. `on_missing`: "wrong" counts pairs missing an embedding as
-    wrong answers, "fail" raises DataError on the first one. `processed`: people known to have
-    been aligned (see `processed_people`); any other person without an embedding is an error."""
+    """Distances for every pair.
+
+    A pair whose image has no embedding (no face found, or a person with no face at all, as in
+    a folder OpenFace or another tool wrote) counts as a wrong answer and is listed, never
+    dropped; `on_missing="fail"` raises DataError instead. A folder that lacks most of the
+    pairs' images (other than those of `processed` people, known from the align report to have
+    been aligned without a face) clearly comes from other images and is refused.
+    """
     if on_missing not in ("wrong", "fail"):
         raise UsageError(f"on_missing must be 'wrong' or 'fail', not {on_missing!r}.")
+    processed = processed or set()
     index: dict[str, int] = {}
     for row, p in enumerate(reps.paths):
         # An image with several faces keeps its first row, the one represent wrote first.
         index.setdefault(path_key(p), row)
-    people = {key.split("/", 1)[0] for key in index}
-    absent = sorted({n for n in pairs.name1 + pairs.name2} - people - (processed or set()))
-    if absent:
-        raise DataError(f"{len(absent)} people of {pairs.path.name} (e.g. {absent[0]}) have no embedding at all; "
-                        "pass the representation folder made from the LFW images these pairs come from.")
     keys1, keys2 = pairs.keys()
-    rows1 = np.array([index.get(k, -1) for k in keys1])
-    rows2 = np.array([index.get(k, -1) for k in keys2])
+    rows1 = np.array([index.get(k, -1) for k in keys1], dtype=np.int64)
+    rows2 = np.array([index.get(k, -1) for k in keys2], dtype=np.int64)
     missing = (rows1 < 0) | (rows2 < 0)
-    missing_images = sorted({k for k, r in zip(keys1 + keys2, np.concatenate([rows1, rows2])) if r < 0})
+    named = set(keys1) | set(keys2)
+    missing_images = sorted(k for k in named if k not in index)
+    people_with_faces = {key.split("/", 1)[0] for key in index}
+    missing_people = sorted((set(pairs.name1) | set(pairs.name2)) - people_with_faces)
+    unexplained = [k for k in missing_images if k.split("/", 1)[0] not in processed]
+    if len(unexplained) > MOST_ABSENT * len(named):
+        raise DataError(f"{len(unexplained)} of the {len(named)} images of {pairs.path.name} have no embedding "
+                        f"(e.g. {unexplained[0]}), so these embeddings come from other images; pass the "
+                        "representation folder made from the LFW images these pairs name.")
     if missing.any() and on_missing == "fail":
         raise DataError(f"{len(missing_images)} images of {pairs.path.name} (e.g. {missing_images[0]}) have no embedding; "
                         "represent them, or let such pairs count as wrong answers.")
@@ -178,150 +164,11 @@ def pair_distances(pairs: Pairs, reps: Reps, on_missing: str = "wrong",
     distance = np.einsum("ij,ij->i", diff, diff)
     distance[missing & pairs.same] = np.inf
     distance[missing & ~pairs.same] = -np.inf
-    return PairDistances(distance=distance, same=pairs.same.copy(), missing=missing, missing_images=missing_images)
-
-
-# ---------------------------------------------------------------- thresholds and rates
-
-
-def candidate_thresholds(distance: np.ndarray) -> np.ndarray:
-    """Midpoints between consecutive distinct finite distances, plus one below and one above them all."""
-    finite = np.unique(distance[np.isfinite(distance)])
-    if finite.size == 0:
-        return np.array([0.0])
-    return np.concatenate([[finite[0] - 1.0], (finite[:-1] + finite[1:]) / 2, [finite[-1] + 1.0]])
-
-
-def accepted_counts(thresholds, distance: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(true accepts, false accepts) at each threshold: pairs with distance <= threshold."""
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    tp = np.searchsorted(np.sort(distance[same]), thresholds, side="right")
-    fp = np.searchsorted(np.sort(distance[~same]), thresholds, side="right")
-    return tp, fp
-
-
-def accuracy_at(threshold: float, distance: np.ndarray, same: np.ndarray) -> float:
-    predict_same = distance <= threshold
-    return float(np.mean(predict_same == same))
-
-
-def best_threshold(distance: np.ndarray, same: np.ndarray) -> float:
-    """The threshold with the best accuracy: middle of the first run of best candidates."""
-    candidates = candidate_thresholds(distance)
-    tp, fp = accepted_counts(candidates, distance, same)
-    correct = tp + (np.count_nonzero(~same) - fp)
-    best = np.flatnonzero(correct == correct.max())
-    # The first run of consecutive best candidates ends where the indices stop counting up.
-    breaks = np.flatnonzero(np.diff(best) != 1)
-    last = best[breaks[0]] if breaks.size else best[-1]
-    return float((candidates[best[0]] + candidates[last]) / 2)
-
-
-def threshold_at_far(distance: np.ndarray, same: np.ndarray, far_target: float = FAR_TARGET) -> float:
-    """The largest candidate threshold whose false accept rate is at most `far_target`
-    (the smallest candidate when none is)."""
-    candidates = candidate_thresholds(distance)
-    _, fp = accepted_counts(candidates, distance, same)
-    within = np.flatnonzero(fp / max(np.count_nonzero(~same), 1) <= far_target)
-    return float(candidates[within[-1]] if within.size else candidates[0])
-
-
-def rates_at(threshold: float, distance: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """(true accept rate VAL, false accept rate FAR) at one threshold."""
-    accept = distance <= threshold
-    return (float(np.count_nonzero(accept & same) / max(np.count_nonzero(same), 1)),
-            float(np.count_nonzero(accept & ~same) / max(np.count_nonzero(~same), 1)))
-
-
-@dataclass
-class Roc:
-    """An ROC curve as a path of increasing thresholds (fpr and tpr never decrease along it)."""
-
-    threshold: np.ndarray
-    fpr: np.ndarray
-    tpr: np.ndarray
-
-    @property
-    def auc(self) -> float:
-        return curve_auc(self.fpr, self.tpr)
-
-
-def roc_curve(distance: np.ndarray, same: np.ndarray) -> Roc:
-    candidates = candidate_thresholds(distance)
-    tp, fp = accepted_counts(candidates, distance, same)
-    return Roc(threshold=candidates, tpr=tp / max(np.count_nonzero(same), 1), fpr=fp / max(np.count_nonzero(~same), 1))
-
-
-def tpr_at(fpr_grid: np.ndarray, fpr: np.ndarray, tpr: np.ndarray, from_left: bool = False) -> np.ndarray:
-    """A path's TPR at each FPR in `fpr_grid`, linear between its points and 0 left of its start.
-
-    Where the path rises vertically at an FPR, the top of the rise is returned, or its
-    bottom (the limit from the left) when `from_left`.
-    """
-    fpr_grid = np.asarray(fpr_grid, dtype=np.float64)
-    j = np.searchsorted(fpr, fpr_grid, side="left" if from_left else "right") - 1
-    out = np.zeros_like(fpr_grid)
-    inside = j >= 0
-    j_in = j[inside]
-    nxt = np.minimum(j_in + 1, len(fpr) - 1)
-    span = fpr[nxt] - fpr[j_in]
-    frac = np.where(span > 0, (fpr_grid[inside] - fpr[j_in]) / np.where(span > 0, span, 1), 0.0)
-    out[inside] = tpr[j_in] + frac * (tpr[nxt] - tpr[j_in])
-    return out
-
-
-def mean_roc(rocs: list[Roc]) -> tuple[np.ndarray, np.ndarray]:
-    """The mean of the folds' curves, as a path through every FPR where some fold bends:
-    each such FPR appears with the mean from the left and the mean at it, so vertical steps
-    stay vertical and the mean curve's AUC is the mean of the folds' AUCs."""
-    grid = np.unique(np.concatenate([r.fpr for r in rocs] + [[0.0, 1.0]]))
-    left = np.mean([tpr_at(grid, r.fpr, r.tpr, from_left=True) for r in rocs], axis=0)
-    right = np.mean([tpr_at(grid, r.fpr, r.tpr) for r in rocs], axis=0)
-    fpr = np.repeat(grid, 2)
-    tpr = np.column_stack([left, right]).ravel()
-    keep = np.concatenate([[True], (np.diff(fpr) != 0) | (np.diff(tpr) != 0)])
-    return fpr[keep], tpr[keep]
-
-
-def curve_auc(fpr, tpr) -> float:
-    """Area under a curve given as points, sorted by FPR, closed at FPR 0 (TPR 0) and 1 (last TPR)."""
-    fpr, tpr = np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
-    order = np.lexsort((tpr, fpr))
-    fpr, tpr = fpr[order], tpr[order]
-    if fpr[0] > 0:
-        fpr, tpr = np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr])
-    if fpr[-1] < 1:
-        fpr, tpr = np.concatenate([fpr, [1.0]]), np.concatenate([tpr, [tpr[-1]]])
-    return float(np.trapezoid(tpr, fpr))
-
-
-def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """The rate where false accepts equal false rejects (FPR = 1 - TPR), interpolated along the curve."""
-    gap = (1 - tpr) - fpr  # decreases along the curve
-    after = np.flatnonzero(gap <= 0)
-    if after.size == 0:
-        return float(fpr[-1])
-    i = after[0]
-    if i == 0:
-        return float(fpr[0])
-    t = gap[i - 1] / (gap[i - 1] - gap[i])
-    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+    return PairDistances(distance=distance, same=pairs.same.copy(), missing=missing, missing_images=missing_images,
+                         missing_people=missing_people)
 
 
 # ---------------------------------------------------------------- published curves
-
-
-@dataclass
-class Curve:
-    """A published ROC curve, as points in no particular order."""
-
-    label: str
-    fpr: np.ndarray
-    tpr: np.ndarray
-
-    @property
-    def auc(self) -> float:
-        return curve_auc(self.fpr, self.tpr)
 
 
 # File name -> legend label; all hold `TPR FPR` rows except OpenBR's DET curve.
@@ -357,7 +204,7 @@ def read_comparisons(folder) -> list[Curve]:
                 tpr, far = table[:, 0], table[:, 1]
             if far.size == 0:
                 raise ValueError
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, UnicodeDecodeError, csv.Error):
             raise DataError(f"{path} is not a published ROC curve in OpenFace's format; remove it from the comparisons folder.") from None
         curves.append(Curve(label=label, fpr=far, tpr=tpr))
     if not curves:
@@ -365,165 +212,11 @@ def read_comparisons(folder) -> list[Curve]:
     return curves
 
 
-# ---------------------------------------------------------------- the benchmark
+def __getattr__(name: str):
+    # evaluate_lfw moved to lfw_report (it writes files and plots); still importable from here
+    # without an import cycle.
+    if name == "evaluate_lfw":
+        from .lfw_report import evaluate_lfw
 
-
-@dataclass
-class FoldResult:
-    """One fold's test: `threshold` chosen on the training pairs, the rest measured on this fold's `pairs`."""
-
-    fold: int
-    threshold: float
-    accuracy: float
-    auc: float
-    val_threshold: float
-    val: float
-    far: float
-    pairs: int
-    missing_pairs: int
-
-
-@dataclass
-class LfwResult:
-    """The benchmark's numbers (means and numpy's ddof=0 std over folds) and its ROC curves."""
-
-    protocol: str
-    folds: list[FoldResult]
-    accuracy_mean: float
-    accuracy_std: float
-    auc: float
-    eer: float
-    val_mean: float
-    val_std: float
-    far_mean: float
-    far_target: float
-    pairs: int
-    missing_pairs: int
-    missing_images: list[str]
-    label: str
-    fold_rocs: list[Roc] = field(repr=False, default_factory=list)
-    mean_fpr: np.ndarray = field(repr=False, default=None)
-    mean_tpr: np.ndarray = field(repr=False, default=None)
-    files: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """Everything but the curves, as JSON values."""
-        curves = ("fold_rocs", "mean_fpr", "mean_tpr")
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in curves}
-        out["folds"] = [asdict(r) for r in self.folds]
-        return out
-
-
-def _evaluate_fold(fold: int, train: tuple, test: tuple, far_target: float) -> tuple[FoldResult, Roc]:
-    (d_train, s_train), (d_test, s_test, m_test) = train, test
-    threshold = best_threshold(d_train, s_train)
-    val_threshold = threshold_at_far(d_train, s_train, far_target)
-    val, far = rates_at(val_threshold, d_test, s_test)
-    roc = roc_curve(d_test, s_test)
-    return FoldResult(fold=fold, threshold=threshold, accuracy=accuracy_at(threshold, d_test, s_test), auc=roc.auc,
-                      val_threshold=val_threshold, val=val, far=far, pairs=int(len(d_test)),
-                      missing_pairs=int(np.count_nonzero(m_test))), roc
-
-
-def evaluate_distances(test: PairDistances, fold: np.ndarray, train: PairDistances | None = None,
-                       far_target: float = FAR_TARGET, label: str = "this model") -> LfwResult:
-    """The benchmark on precomputed distances: cross-validation over `fold` when `train` is
-    None (View 2), else a threshold chosen on `train` and measured on `test` (View 1)."""
-    results, rocs = [], []
-    if train is None:
-        n_folds = int(fold.max()) + 1
-        if n_folds < 2:
-            raise UsageError("Cross-validation needs a pairs file with at least two folds; use View 2's pairs.txt "
-                             "or give View 1's training pairs.")
-        for k in range(n_folds):
-            tr, te = fold != k, fold == k
-            r, roc = _evaluate_fold(k, (test.distance[tr], test.same[tr]),
-                                    (test.distance[te], test.same[te], test.missing[te]), far_target)
-            results.append(r)
-            rocs.append(roc)
-        protocol = f"View 2, {n_folds}-fold cross-validation"
-    else:
-        r, roc = _evaluate_fold(0, (train.distance, train.same), (test.distance, test.same, test.missing), far_target)
-        results.append(r)
-        rocs.append(roc)
-        protocol = "View 1, threshold from the training pairs"
-    mean_fpr, mean_tpr = mean_roc(rocs)
-    accuracies = np.array([r.accuracy for r in results])
-    vals = np.array([r.val for r in results])
-    missing_images = sorted(set(test.missing_images) | set(train.missing_images if train else []))
-    return LfwResult(
-        protocol=protocol, folds=results,
-        accuracy_mean=float(accuracies.mean()), accuracy_std=float(accuracies.std()),
-        auc=curve_auc(mean_fpr, mean_tpr), eer=equal_error_rate(mean_fpr, mean_tpr),
-        val_mean=float(vals.mean()), val_std=float(vals.std()),
-        far_mean=float(np.mean([r.far for r in results])), far_target=far_target,
-        pairs=int(len(test.distance)), missing_pairs=int(np.count_nonzero(test.missing)),
-        missing_images=missing_images, label=label, fold_rocs=rocs, mean_fpr=mean_fpr, mean_tpr=mean_tpr)
-
-
-def model_label(meta: dict) -> str:
-    """A short legend label from a reps folder's meta.json: the model's name (+ flip)."""
-    model = meta.get("model")
-    name = model.get("name", "this model") if isinstance(model, dict) else str(model or "this model")
-    return name + (" + flip" if meta.get("flip") else "")
-
-
-def evaluate_lfw(reps, pairs_file, out_dir, comparisons=None, dev_train=None, on_missing: str = "wrong",
-                 far_target: float = FAR_TARGET, label: str | None = None) -> LfwResult:
-    """Measure a representation folder (or `Reps`) on LFW and write accuracies.txt, roc.csv,
-    roc.png, roc.pdf and result.json into `out_dir`.
-
-    With `pairs.txt` (View 2) it runs OpenFace's 10-fold protocol; with View 1 pass
-    `pairs_file=pairsDevTest.txt, dev_train=pairsDevTrain.txt`.
-    """
-    from .plots import plot_roc  # matplotlib only when writing
-
-    if not isinstance(reps, Reps):
-        reps = read_reps(reps)
-    pairs = read_pairs(pairs_file)
-    processed = processed_people(reps)
-    train = None
-    if dev_train is not None:
-        train_pairs = read_pairs(dev_train)
-        train = pair_distances(train_pairs, reps, on_missing, processed)
-    elif pairs.view == 1:
-        raise UsageError(f"{pairs.path.name} is a View 1 file with no folds; give its training pairs "
-                         "(pairsDevTrain.txt) too, or use View 2's pairs.txt.")
-    test = pair_distances(pairs, reps, on_missing, processed)
-    curves = read_comparisons(comparisons) if comparisons is not None else []
-    label = label or model_label(reps.meta)
-    result = evaluate_distances(test, pairs.fold, train, far_target, label)
-
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"Cannot create the output folder {out} ({exc.strerror}); choose a writable --out.") from None
-    files = {"accuracies": out / "accuracies.txt", "roc_csv": out / "roc.csv", "roc_png": out / "roc.png",
-             "roc_pdf": out / "roc.pdf", "result": out / "result.json"}
-    write_accuracies(result, files["accuracies"])
-    write_roc_csv(result, files["roc_csv"])
-    plot_roc(result, curves, [files["roc_png"], files["roc_pdf"]])
-    result.files = {k: str(v) for k, v in files.items()}
-    files["result"].write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return result
-
-
-def write_accuracies(result: LfwResult, path: Path) -> None:
-    """OpenFace's accuracies.txt: `fold, threshold, accuracy` rows, then `avg, mean +/- std`."""
-    lines = ["fold, threshold, accuracy"]
-    lines += [f"{r.fold}, {r.threshold:0.4f}, {r.accuracy:0.4f}" for r in result.folds]
-    lines += ["", f"avg, {result.accuracy_mean:0.4f} +/- {result.accuracy_std:0.4f}"]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def write_roc_csv(result: LfwResult, path: Path) -> None:
-    """Rows `curve,threshold,fpr,tpr`: each fold's curve (curve = fold number), then `mean`."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        out = csv.writer(fh, lineterminator="\n")
-        out.writerow(["curve", "threshold", "fpr", "tpr"])
-        for r, roc in zip(result.folds, result.fold_rocs):
-            for t, f, p in zip(roc.threshold, roc.fpr, roc.tpr):
-                out.writerow([r.fold, f"{t:.6g}", f"{f:.6g}", f"{p:.6g}"])
-        for f, p in zip(result.mean_fpr, result.mean_tpr):
-            out.writerow(["mean", "", f"{f:.6g}", f"{p:.6g}"])
+        return evaluate_lfw
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,6 @@
-"""Figures (ROC on LFW, t-SNE maps) written as PNG and PDF.
+"""Figures (ROC on LFW, t-SNE maps, training curves) written as PNG and PDF, atomically.
+
+This module draws what it is given; it imports none of the LFW modules.
 
 Figures are drawn on matplotlib's Agg canvas directly rather than through pyplot, so the
 library never changes the process's matplotlib backend or keeps figures alive.
@@ -14,14 +16,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .atomic import atomic_open
+
 if TYPE_CHECKING:  # imported for annotations only
-    from .lfw import Curve, LfwResult
+    from .verification import Curve, LfwResult
 
 
 def _save(fig: Figure, paths: Sequence[Path]) -> None:
+    """Each figure file whole or not at all; the format comes from the file's extension."""
     FigureCanvasAgg(fig)
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=150, bbox_inches="tight")
 
 
 def plot_roc(result: "LfwResult", comparisons: Sequence["Curve"], paths: Sequence[Path]) -> None:

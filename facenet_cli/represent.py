@@ -1,60 +1,67 @@
-"""Embed an aligned tree into a representation folder, streaming, decode overlapped with the net."""
+"""Embed an aligned tree into a representation folder, streaming, decode overlapped with the net.
+
+Every image the aligned folder lists gets one outcome: `embedded` (one row in the folder),
+`unreadable` (corrupt, truncated, not an image), `wrong-size` (a crop of another size than the
+model's input, in a folder without align-spec.json) or `bad-name` (a file name with a line break
+or another control character, which cannot go into labels.csv). The counts add up to the
+images listed.
+"""
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from .align_specs import AlignSpec
-from .catalogue import ModelRecord
-from .embed import Embedder
-from .errors import BadImage, SpecMismatch, UsageError
-from .images import looks_like_image, read_rgb
-from .jobs import SPEC_FILE, list_inputs
-from .reps import RepsWriter, person_of
+from .aligned import AlignedFolder, printable_name
+from .errors import BadImage, DataError, UsageError
+from .images import read_rgb
+from .reps import LABELS, META, REPS_CSV, REPS_NPY, RepsWriter, person_of
+
+if TYPE_CHECKING:
+    from .embed import Embedder
+
+OUTCOMES = ("embedded", "unreadable", "wrong-size", "bad-name")
 
 
 @dataclass
 class RepresentReport:
     out_dir: Path
-    count: int  # faces written
+    count: int  # faces written (one per embedded image)
     seconds: float
-    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (path, outcome, reason)
+    model: str = ""
+    dimension: int = 0
+
+    @property
+    def unreadable(self) -> list[tuple[str, str]]:
+        return [(path, reason) for path, status, reason in self.problems if status == "unreadable"]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = {status: 0 for status in OUTCOMES}
+        counts["embedded"] = self.count
+        for _, status, _ in self.problems:
+            counts[status] += 1
+        return counts
 
     @property
     def total(self) -> int:
-        return self.count + len(self.unreadable)
+        """Images listed: embedded + unreadable + wrong size + bad names."""
+        return sum(self.counts.values())
 
+    @property
+    def files(self) -> dict[str, str]:
+        return {name: str(self.out_dir / name) for name in (LABELS, REPS_CSV, REPS_NPY, META)}
 
-def list_aligned(aligned: Path) -> list[str]:
-    return [p for p in list_inputs(aligned) if looks_like_image(Path(p))]
-
-
-def check_alignment(aligned: Path, record: ModelRecord, first_image: Path | None) -> None:
-    """Refuse a folder aligned for another model, with a sentence that says what to do."""
-    spec_file = aligned / SPEC_FILE
-    fix = f"realign the photos with `facenet align RAW OUT --model {record.name}`"
-    if spec_file.exists():
-        try:
-            spec = AlignSpec.from_dict(json.loads(spec_file.read_text())["spec"])
-        except (ValueError, KeyError, TypeError):
-            raise SpecMismatch(f"{spec_file} is damaged; {fix}.") from None
-        if spec != record.align:
-            raise SpecMismatch(
-                f"{aligned} was aligned with {spec.name} at {spec.size} px but {record.name} needs "
-                f"{record.align.name} at {record.align.size} px; {fix}.")
-    elif first_image is not None:
-        # A folder from elsewhere (OpenFace's align-dlib): at least the size must match.
-        size = read_rgb(first_image).shape[:2]
-        if size != (record.align.size, record.align.size):
-            raise SpecMismatch(
-                f"{first_image} is {size[1]}x{size[0]} but {record.name} needs {record.align.size}x"
-                f"{record.align.size} crops aligned with {record.align.name}; {fix}.")
+    def to_dict(self) -> dict:
+        return {"out": str(self.out_dir), "model": self.model, "dimension": self.dimension,
+                "images": self.total, "faces": self.count, "counts": self.counts,
+                "seconds": round(self.seconds, 3), "files": self.files,
+                "problems": [{"path": printable_name(p), "outcome": s, "reason": r} for p, s, r in self.problems]}
 
 
 def _decoded_batches(aligned: Path, files: list[str], batch_size: int) -> Iterator[list[tuple[str, np.ndarray | BadImage]]]:
@@ -79,32 +86,52 @@ def _decoded_batches(aligned: Path, files: list[str], batch_size: int) -> Iterat
             yield current
 
 
-def represent_tree(aligned: str | Path, out: str | Path, embedder: Embedder,
+def represent_tree(aligned: str | Path, out: str | Path, embedder: "Embedder",
                    on_start: Callable[[int], None] | None = None,
                    on_batch: Callable[[int], None] | None = None) -> RepresentReport:
-    """Embed every aligned image under ALIGNED into OUT's labels.csv, reps.csv and reps.npy."""
+    """Embed every aligned image under ALIGNED into OUT's labels.csv, reps.csv, reps.npy and
+    meta.json. Per-image problems are outcomes in the report; the run fails (DataError) only
+    when no image at all could be embedded."""
     aligned, out = Path(aligned), Path(out)
     if not aligned.is_dir():
         raise UsageError(f"The aligned folder {aligned} does not exist; run `facenet align` first.")
-    files = list_aligned(aligned)
-    if not files:
+    folder = AlignedFolder(aligned)
+    files = folder.images()
+    problems: list[tuple[str, str, str]] = [(rel, "bad-name", reason) for rel, reason in folder.bad_names()]
+    if not files and not problems:
         raise UsageError(f"{aligned} holds no images; run `facenet align RAW {aligned}` first.")
     record = embedder.record
-    check_alignment(aligned, record, aligned / files[0])
+    folder.check_for(record)
     if on_start:
-        on_start(len(files))
+        on_start(len(files) + len(problems))
+    if on_batch and problems:
+        on_batch(len(problems))
     started = time.perf_counter()
-    unreadable: list[tuple[str, str]] = []
-    meta = {"model": record.to_dict(), "aligned": str(aligned), "flip": embedder.flip}
-    with RepsWriter(out, len(files), record.embedding_dim, meta) as writer:
+    size = (record.align.size, record.align.size)
+    meta = {"model": record.to_dict(), "aligned": str(aligned.resolve()), "flip": embedder.flip, "normalised": True,
+            "precision": embedder.precision, "tta": embedder.tta}
+    with RepsWriter(out, max(len(files), 1), record.embedding_dim, meta) as writer:
         for batch in _decoded_batches(aligned, files, embedder.batch_size):
-            good = [(rel, img) for rel, img in batch if not isinstance(img, BadImage)]
-            unreadable += [(rel, img.reason) for rel, img in batch if isinstance(img, BadImage)]
+            good = []
+            for rel, image in batch:
+                if isinstance(image, BadImage):
+                    problems.append((rel, "unreadable", image.reason))
+                elif image.shape[:2] != size:
+                    problems.append((rel, "wrong-size", f"{image.shape[1]}x{image.shape[0]}, not {size[1]}x{size[0]}"))
+                else:
+                    good.append((rel, image))
             if good:
-                vectors = embedder.embed([img for _, img in good])
+                vectors = embedder.embed([image for _, image in good])
                 for (rel, _), vector in zip(good, vectors):
                     path = str(aligned / rel)
                     writer.add(path, person_of(path), vector)
             if on_batch:
                 on_batch(len(batch))
-    return RepresentReport(out, writer.rows, time.perf_counter() - started, unreadable)
+        if writer.rows == 0:
+            shown = "; ".join(f"{printable_name(p)}: {r}" for p, _, r in problems[:3])
+            raise DataError(f"None of the {len(problems)} images in {aligned} could be embedded ({shown}), "
+                            f"so nothing was written to {out}.")
+    problems.sort()
+    return RepresentReport(out, writer.rows, time.perf_counter() - started, problems,
+                           model=record.name, dimension=record.embedding_dim)
+

@@ -1,16 +1,22 @@
-"""Locate the dlib model files shipped by the `face-recognition-models` wheel.
+"""dlib's model files (landmark predictors, CNN face detector, ResNet), located and verified.
 
-The package's own `__init__` imports `pkg_resources`, which new setuptools removed, so we
-find its files through the installed distribution's metadata and never import it.
+Each file is a catalogue entry with its SHA-256 (`catalogue.MODEL_FILES`, and the ResNet's
+`ModelRecord`); `dlib_model_path` hands out a path only after the file passed that check, so a
+damaged `.dat` file ends in one ChecksumMismatch sentence that names it and says how to repair
+it, instead of a dlib RuntimeError. Digests are remembered per (path, size, mtime) for the life
+of the process (hub.file_sha256), so asking again is free.
+
+The files ship with the `face-recognition-models` wheel, found through its metadata without
+importing it (its `__init__` imports `pkg_resources`, which new setuptools removed);
+$FACENET_DLIB_MODELS names another folder to take them from.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import UsageError
+if TYPE_CHECKING:
+    from .align_specs import AlignSpec
 
 DISTRIBUTION = "face-recognition-models"
 
@@ -20,30 +26,34 @@ CNN_FACE_DETECTOR = "mmod_human_face_detector.dat"
 DLIB_RESNET = "dlib_face_recognition_resnet_model_v1.dat"
 
 
-@lru_cache(maxsize=None)
-def models_dir() -> Path:
-    """The folder holding the `.dat` files of `face-recognition-models`."""
-    try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
-        for f in dist.files or []:
-            if str(f).endswith(SHAPE_PREDICTOR_68):
-                return Path(dist.locate_file(f)).parent
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    # find_spec locates the package without executing its __init__.
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is not None and spec.submodule_search_locations:
-        candidate = Path(list(spec.submodule_search_locations)[0]) / "models"
-        if (candidate / SHAPE_PREDICTOR_68).exists():
-            return candidate
-    raise UsageError(
-        "The dlib model files were not found; install them with `pip install face-recognition-models`."
-    )
-
-
 def dlib_model_path(filename: str) -> Path:
-    """Full path of one shipped dlib model file."""
-    path = models_dir() / filename
-    if not path.exists():
-        raise UsageError(f"{filename} is missing from {models_dir()}; reinstall face-recognition-models.")
-    return path
+    """The verified local path of one catalogued dlib model file.
+
+    UsageError when it is not installed, ChecksumMismatch when it is damaged.
+    """
+    from .catalogue import file_entry
+    from .hub import weights_path
+
+    return weights_path(file_entry(filename), download=False)
+
+
+def landmarks_file(points: int) -> str:
+    return SHAPE_PREDICTOR_68 if points == 68 else SHAPE_PREDICTOR_5
+
+
+def align_model_files(spec: "AlignSpec", detector: str = "hog") -> list[str]:
+    """The dlib files a FaceAligner(spec, detector) loads."""
+    files = [landmarks_file(spec.landmarks)]
+    if detector in ("cnn", "hog+cnn"):
+        files.append(CNN_FACE_DETECTOR)
+    return files
+
+
+def verify_align_models(spec: "AlignSpec", detector: str = "hog") -> list[Path]:
+    """Check every file a FaceAligner(spec, detector) would load; call it before starting workers,
+    so a damaged file is one sentence from the parent rather than a broken process pool."""
+    return [dlib_model_path(name) for name in align_model_files(spec, detector)]
+
+
+__all__ = ["CNN_FACE_DETECTOR", "DLIB_RESNET", "SHAPE_PREDICTOR_5", "SHAPE_PREDICTOR_68", "align_model_files",
+           "dlib_model_path", "landmarks_file", "verify_align_models"]

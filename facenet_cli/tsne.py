@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .atomic import atomic_open
 from .errors import DataError, UsageError
 from .reps import Reps, read_reps
 
@@ -51,7 +52,8 @@ def select_people(reps: Reps, names: Sequence[str] | None = None, top: int | Non
 
 def tsne_map(reps, out_dir, names: Sequence[str] | None = None, top: int | None = None, seed: int = 0,
              perplexity: float = 30.0) -> TsneResult:
-    """Map the chosen people's faces to 2-D and write tsne.png, tsne.pdf and tsne.csv into `out_dir`."""
+    """Map the chosen people's faces to 2-D and write tsne.png, tsne.pdf and tsne.csv into `out_dir`
+    (each atomically)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
@@ -76,16 +78,14 @@ def tsne_map(reps, out_dir, names: Sequence[str] | None = None, top: int | None 
                   random_state=seed).fit_transform(x)
 
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"Cannot create the output folder {out} ({exc.strerror}); choose a writable --out.") from None
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"The output {out} is a file; give a folder for the map.")
     people = [reps.people[i] for i in rows]
     paths = [reps.paths[i] for i in rows]
     files = {"png": out / "tsne.png", "pdf": out / "tsne.pdf", "csv": out / "tsne.csv"}
     plot_embedding_2d(points, people, [files["png"], files["pdf"]],
                       title=f"t-SNE of {len(rows)} faces of {len(chosen)} people")
-    with open(files["csv"], "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(files["csv"], "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["person", "path", "x", "y"])
         for person, path, (px, py) in zip(people, paths, points):

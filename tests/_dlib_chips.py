@@ -20,6 +20,28 @@ def _dlib_tools():
     return detector, predictor
 
 
+def grace_hopper_path() -> Path:
+    """The portrait that ships with matplotlib (a required dependency), so a test using it never skips."""
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def photo_chips(photos: list[Path], size: int = 150, padding: float = 0.25) -> list[np.ndarray]:
+    """dlib's chip of the largest face of each photo (every photo must hold one)."""
+    import dlib
+
+    detector, predictor = _dlib_tools()
+    chips = []
+    for photo in photos:
+        image = np.asarray(Image.open(photo).convert("RGB"))
+        faces = detector(image, 1)
+        assert faces, f"dlib finds no face in {photo}"
+        face = max(faces, key=lambda r: r.area())
+        chips.append(dlib.get_face_chip(image, predictor(image, face), size=size, padding=padding))
+    return chips
+
+
 def lfw_chips(lfw_images: Path, count: int, size: int = 150, padding: float = 0.25) -> list[np.ndarray]:
     """The first `count` LFW photos (people in name order, first photo each) in which dlib's
     detector finds a face, as size x size RGB uint8 chips of the largest face."""

@@ -11,9 +11,11 @@ from facenet_cli.embed import Embedder
 from facenet_cli.hub import status
 
 
-def test_public_api_names_resolve():
-    for name in facenet_cli.__all__:
-        assert getattr(facenet_cli, name) is not None
+def test_public_api_names_resolve_to_their_modules_objects():
+    import importlib
+
+    for name, module in facenet_cli._EXPORTS.items():
+        assert getattr(facenet_cli, name) is getattr(importlib.import_module(f"facenet_cli.{module}"), name), name
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -38,3 +40,42 @@ def test_model_builds_and_embeds_to_its_dimension(name):
     vectors = embedder.embed(crops)
     assert vectors.shape == (2, record.embedding_dim) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+# --- support files: every file the engine loads is a record with a checksum -------------------
+
+def test_every_dlib_file_the_engine_loads_is_catalogued_with_its_checksum():
+    from facenet_cli import resources
+    from facenet_cli.catalogue import MODEL_FILES, all_files, file_entry
+
+    loaded = [resources.SHAPE_PREDICTOR_68, resources.SHAPE_PREDICTOR_5, resources.CNN_FACE_DETECTOR,
+              resources.DLIB_RESNET]
+    for filename in loaded:
+        entry = file_entry(filename)
+        assert len(entry.weights.sha256) == 64
+        path = resources.dlib_model_path(filename)  # verified before it is handed out
+        assert path.name == filename and path.stat().st_size == entry.weights.size
+        assert status(entry).state == "present"
+    assert {e.kind for e in MODEL_FILES.values()} == {"landmarks", "detector"}
+    assert [e.name for e in all_files()][: len(CATALOGUE)] == list_models()
+
+
+def test_align_verifies_exactly_the_files_its_aligner_loads():
+    from facenet_cli import resources
+    from facenet_cli.align_specs import get_spec
+
+    assert resources.align_model_files(get_spec("dlib-chip"), "hog") == [resources.SHAPE_PREDICTOR_5]
+    assert resources.align_model_files(get_spec("outerEyesAndNose"), "hog+cnn") == [
+        resources.SHAPE_PREDICTOR_68, resources.CNN_FACE_DETECTOR]
+    assert resources.align_model_files(get_spec("dlib-chip68"), "cnn") == [
+        resources.SHAPE_PREDICTOR_68, resources.CNN_FACE_DETECTOR]
+
+
+def test_registering_a_support_file_twice_or_of_an_unknown_kind_is_refused():
+    from facenet_cli.catalogue import MODEL_FILES, ModelFile, register_file
+
+    existing = MODEL_FILES["dlib-landmarks-5"]
+    with pytest.raises(ValueError, match="twice"):
+        register_file(existing)
+    with pytest.raises(ValueError, match="kind"):
+        register_file(ModelFile("x", "segmenter", existing.weights))

@@ -14,7 +14,7 @@ from facenet_cli.errors import DataError
 from facenet_cli.nets import build_network
 from facenet_cli.nets.dlib_resnet import (DlibStream, load_dlib_resnet, max_pool_unpadded, read_dlib_net,
                                           zero_padded_add)
-from tests._dlib_chips import lfw_chips
+from tests._dlib_chips import grace_hopper_path, lfw_chips, photo_chips
 
 
 @pytest.fixture(scope="module")
@@ -120,20 +120,35 @@ def test_registry_builds_the_catalogued_model(dat_path):
 
 # --- equality with dlib --------------------------------------------------------------------
 
-def test_matches_dlib_on_real_faces(network, dat_path, lfw_images):
-    dlib = pytest.importorskip("dlib")
-    chips = lfw_chips(lfw_images, 6)
-    assert len(chips) == 6
+def assert_matches_dlib(network, dat_path, chips: list[np.ndarray]) -> np.ndarray:
+    """Our network's vectors equal dlib's compute_face_descriptor on the same chips, in both memory layouts."""
+    import dlib
+
     reference_model = dlib.face_recognition_model_v1(str(dat_path))
     expected = np.array([reference_model.compute_face_descriptor(chip, num_jitters=0) for chip in chips])
-
     batch = torch.from_numpy(np.stack(chips)).permute(0, 3, 1, 2).float()
     with torch.inference_mode():
-        planar = network(batch.contiguous()).numpy()
+        planar = network.to(memory_format=torch.contiguous_format)(batch.contiguous()).numpy()
         channels_last = network.to(memory_format=torch.channels_last)(batch).numpy()
-
-    assert planar.shape == (6, 128)
+    assert planar.shape == (len(chips), 128)
     np.testing.assert_allclose(planar, expected, rtol=0, atol=1e-5)
     np.testing.assert_allclose(channels_last, expected, rtol=0, atol=1e-5)
+    return expected
+
+
+def test_matches_dlib_on_a_face_that_ships_with_a_dependency(network, dat_path):
+    """Never skips: matplotlib (a required dependency) ships this portrait."""
+    chip = photo_chips([grace_hopper_path()])[0]
+    mirrored = np.ascontiguousarray(chip[:, ::-1])
+    expected = assert_matches_dlib(network, dat_path, [chip, mirrored])
+    # A real descriptor (not a zero vector), and the mirror image, another input, gets another one.
+    assert 0.2 < np.linalg.norm(expected[0]) < 2.0
+    assert np.linalg.norm(expected[0] - expected[1]) > 1e-3
+
+
+def test_matches_dlib_on_real_faces(network, dat_path, lfw_images):
+    chips = lfw_chips(lfw_images, 6)
+    assert len(chips) == 6
+    expected = assert_matches_dlib(network, dat_path, chips)
     # Guard against a test that passes trivially: different faces give different vectors.
     assert np.linalg.norm(expected[0] - expected[1]) > 0.1

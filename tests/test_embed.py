@@ -41,7 +41,8 @@ def test_embeddings_have_unit_length(embedder, chips):
 
 
 def test_raw_vectors_are_dlibs(embedder, chips):
-    dlib = pytest.importorskip("dlib")
+    import dlib
+
     from facenet_cli import resources
 
     reference = dlib.face_recognition_model_v1(str(resources.dlib_model_path(resources.DLIB_RESNET)))

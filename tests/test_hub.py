@@ -10,7 +10,8 @@ import torch
 from tests._weights_server import cache, PAYLOAD, PAYLOAD_SHA256, serve  # noqa: F401 (cache: autouse fixture)
 from facenet_cli import hub
 from facenet_cli.catalogue import CATALOGUE, DEFAULT_MODEL, WeightsSource
-from facenet_cli.errors import ChecksumMismatch, DownloadError, UnknownModel, UsageError
+from facenet_cli.checkpoints import load_checkpoint, save_checkpoint
+from facenet_cli.errors import ChecksumMismatch, DataError, DownloadError, UnknownModel, UsageError
 
 
 
@@ -170,10 +171,9 @@ def test_local_path_is_verified(tmp_path):
 
 # --- checkpoints and resolve_model --------------------------------------------------------------
 
-def save_checkpoint(path, **extra):
+def write_checkpoint(path, **extra):
     record = CATALOGUE[DEFAULT_MODEL].to_dict() | {"name": "my-finetune"}
-    torch.save({"record": record, "state_dict": {"fc.weight": torch.zeros(2, 3)}, **extra}, path)
-    return path
+    return save_checkpoint(path, {"record": record, "state_dict": {"fc.weight": torch.zeros(2, 3)}, **extra})
 
 
 def test_resolve_catalogue_name():
@@ -181,29 +181,61 @@ def test_resolve_catalogue_name():
 
 
 def test_resolve_checkpoint_points_weights_at_the_file(tmp_path):
-    path = save_checkpoint(tmp_path / "ft.pt", epoch=3)
+    path = write_checkpoint(tmp_path / "ft.pt", epoch=3)
     record = hub.resolve_model(str(path))
     assert record.name == "my-finetune"
     assert record.align.same_as(CATALOGUE[DEFAULT_MODEL].align)
     assert record.weights == WeightsSource(filename="ft.pt", sha256=hub.file_sha256(path),
                                            path=str(path.resolve()), size=path.stat().st_size)
     assert hub.weights_path(record) == path.resolve()
-    checkpoint = hub.load_checkpoint(path)
+    checkpoint = load_checkpoint(path)
     assert checkpoint["epoch"] == 3 and checkpoint["state_dict"]["fc.weight"].shape == (2, 3)
 
 
 def test_resolve_garbage_file_is_one_sentence(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(1000))
-    with pytest.raises(UsageError, match="not a readable PyTorch checkpoint") as info:
+    with pytest.raises(DataError, match="damaged or not a PyTorch checkpoint") as info:
         hub.resolve_model(str(garbage))
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and str(garbage) in str(info.value)
+
+
+def test_resolve_truncated_checkpoint_is_a_data_error(tmp_path):
+    path = write_checkpoint(tmp_path / "ft.pt", epoch=3)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="damaged or not a PyTorch checkpoint"):
+        hub.resolve_model(str(path))
+
+
+def test_checkpoint_with_a_foreign_type_is_refused_without_running_it(tmp_path):
+    """weights_only loading: a pickled object of another class is a DataError, never executed."""
+    path = tmp_path / "evil.pt"
+    torch.save({"record": {}, "state_dict": {}, "payload": Exception("not plain data")}, path)
+    with pytest.raises(DataError, match="damaged or not a PyTorch checkpoint"):
+        load_checkpoint(path)
+
+
+def test_saved_checkpoint_stores_enums_and_paths_as_plain_values(tmp_path):
+    from facenet_cli.choices import Device
+
+    path = write_checkpoint(tmp_path / "ft.pt", config={"device": Device.cpu, "out": tmp_path / "run"})
+    config = load_checkpoint(path)["config"]
+    assert config == {"device": "cpu", "out": str(tmp_path / "run")}
+    assert type(config["device"]) is str
+
+
+def test_load_checkpoint_of_a_missing_path_or_a_folder_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="No checkpoint file at"):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(UsageError, match="is a folder"):
+        load_checkpoint(tmp_path)
 
 
 def test_resolve_torch_file_without_record(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save({"weight": torch.zeros(2)}, path)
-    with pytest.raises(UsageError, match="not a facenet checkpoint"):
+    with pytest.raises(DataError, match="not a facenet checkpoint .*'record'"):
         hub.resolve_model(str(path))
 
 

@@ -1,5 +1,5 @@
-"""LFW verification on synthetic distances whose answers are known by construction, the real
-protocol files' parsing, the figures and the `lfw-roc` command."""
+"""LFW verification on synthetic distances whose answers are known by construction, the metrics
+against brute force, the real protocol files' parsing, the figures and the `lfw-roc` command."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,11 @@ from typer.testing import CliRunner
 
 from facenet_cli.cli import app
 from facenet_cli.errors import DataError, UsageError
-from facenet_cli.lfw import (best_threshold, evaluate_lfw, path_key, read_comparisons, read_pairs,
-                             roc_curve, threshold_at_far)
-from facenet_cli.reps import Reps, RepsWriter
+from facenet_cli.lfw import pair_distances, path_key, processed_people, read_comparisons, read_pairs
+from facenet_cli.lfw_report import evaluate_lfw, model_label
+from facenet_cli.reps import Reps, RepsWriter, read_reps
+from facenet_cli.verification import (best_threshold, equal_error_rate, evaluate_distances,
+                                      mean_roc, roc_curve, threshold_at_far)
 
 PER_FOLD = 3
 # Squared distances of clean matched and mismatched pairs, and the threshold between them.
@@ -149,12 +151,25 @@ def test_missing_embeddings_count_as_wrong_answers(tmp_path):
         evaluate_lfw(reps_of(built), built[0], tmp_path / "out", on_missing="fail")
 
 
-def test_person_absent_from_reps_is_an_error(tmp_path):
+def test_person_without_any_embedding_counts_as_wrong_and_is_named(tmp_path):
+    """OpenFace's layout made by another tool: a person none of whose images has a face."""
     built = build(tmp_path, [clean_fold()] * 10)
     text = built[0].read_text().replace("pairs_S4_1\t1\t2", "Nobody_Here\t1\t2")
     built[0].write_text(text)
-    with pytest.raises(DataError, match="1 people of pairs.txt .e.g. Nobody_Here. have no embedding at all"):
-        evaluate_lfw(reps_of(built), built[0], tmp_path / "out")
+    result = evaluate_lfw(reps_of(built), built[0], tmp_path / "out")
+    assert result.missing_people == ["Nobody_Here"]
+    assert result.missing_images == ["Nobody_Here/Nobody_Here_0001", "Nobody_Here/Nobody_Here_0002"]
+    assert result.missing_pairs == 1 and result.folds[4].missing_pairs == 1
+    assert result.folds[4].accuracy == pytest.approx(5 / 6)  # the pair is a wrong answer, not dropped
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["missing_people"] == ["Nobody_Here"]
+
+
+def test_reps_of_other_images_are_refused(tmp_path):
+    built = build(tmp_path, [clean_fold()] * 10)
+    other = build(tmp_path, [clean_fold()] * 10, name="other.txt")
+    with pytest.raises(DataError, match=r"of the 1[0-9]+ images of pairs.txt have no embedding .*come from other images"):
+        evaluate_lfw(reps_of(other), built[0], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_person_aligned_without_a_face_counts_as_missing_not_absent(tmp_path):
@@ -172,6 +187,35 @@ def test_person_aligned_without_a_face_counts_as_missing_not_absent(tmp_path):
     result = evaluate_lfw(reps, built[0], tmp_path / "out")
     assert result.missing_pairs == 1
     assert result.missing_images == ["Faceless_One/Faceless_One_0001", "Faceless_One/Faceless_One_0002"]
+    assert processed_people(reps) == {"Faceless_One"}
+
+
+def test_align_report_explains_people_aligned_without_a_face(tmp_path, monkeypatch):
+    """Most pair images without an embedding, but the align report says those people were
+    aligned and had no face: counted as wrong answers, not refused as other images. The
+    aligned folder is named relative to the reps folder (older meta.json), so the answer must
+    not depend on the directory the command runs in."""
+    built = build(tmp_path, [clean_fold()] * 10)
+    keep = [k for k in built[1] if k.startswith("pairs_S0_")]  # only fold 0's matched people have faces
+    reps_dir = tmp_path / "reps"
+    with RepsWriter(reps_dir, len(keep), 2, {"aligned": "../aligned"}) as writer:
+        for key in keep:
+            writer.add(f"aligned/{key}.png", key.split("/")[0], built[2][built[1].index(key)])
+    aligned = tmp_path / "aligned"
+    aligned.mkdir()
+    faceless = sorted({k.split("/")[0] for k in built[1]} - {k.split("/")[0] for k in keep})
+    (aligned / "align-report.csv").write_text("input,status,outputs,detail\n" + "".join(
+        f"{p}/{p}_0001.jpg,no-face,,no face found\n" for p in faceless))
+    pairs = read_pairs(built[0])
+    results = []
+    for cwd in (tmp_path, reps_dir, aligned):
+        monkeypatch.chdir(cwd)
+        reps = read_reps(reps_dir)
+        distances = pair_distances(pairs, reps, processed=processed_people(reps))
+        results.append((distances.missing.sum(), len(distances.missing_people)))
+    assert results == [(57, 87)] * 3  # every pair but fold 0's three matched ones; 27 + 60 people
+    with pytest.raises(DataError, match="come from other images"):
+        pair_distances(pairs, read_reps(reps_dir), processed=set())
 
 
 @pytest.mark.parametrize("content, message", [
@@ -256,28 +300,137 @@ def test_cli_table_json_and_errors(tmp_path):
             writer.add(path, path.split("/")[-2], row)
     runner = CliRunner()
 
-    table = runner.invoke(app, ["lfw-roc", str(reps_dir), str(built[0]), "--out", str(tmp_path / "out")])
+    table = runner.invoke(app, ["lfw-roc", str(reps_dir), str(built[0]), str(tmp_path / "out")])
     assert table.exit_code == 0, table.output
-    assert "0.9000 ± 0.3000" in table.output and "mean" in table.output
+    mean_row = [line for line in table.stdout.splitlines() if "mean" in line]
+    assert len(mean_row) == 1 and "0.9000 ± 0.3000" in mean_row[0]
+    fold_9 = [line for line in table.stdout.splitlines() if line.strip("│ ").startswith("9 ")]
+    assert len(fold_9) == 1 and "0.0000" in fold_9[0]  # the reversed fold's accuracy
 
-    as_json = runner.invoke(app, ["lfw-roc", str(reps_dir), str(built[0]), "--out", str(tmp_path / "out"), "--json"])
+    as_json = runner.invoke(app, ["lfw-roc", str(reps_dir), str(built[0]), str(tmp_path / "out"), "--json"])
     assert as_json.exit_code == 0, as_json.output
-    assert json.loads(as_json.output)["accuracy_std"] == pytest.approx(0.3)
+    assert json.loads(as_json.stdout)["accuracy_std"] == pytest.approx(0.3)
 
     bad = tmp_path / "bad.txt"
     bad.write_text("not pairs\n")
-    failed = runner.invoke(app, ["lfw-roc", str(reps_dir), str(bad), "--out", str(tmp_path / "out")])
+    failed = runner.invoke(app, ["lfw-roc", str(reps_dir), str(bad), str(tmp_path / "out")])
     assert failed.exit_code == 1
-    assert "Error: " in failed.output and "is not an LFW pairs file" in failed.output
+    assert failed.stderr.startswith("Error: ") and "is not an LFW pairs file" in failed.stderr
     assert "Traceback" not in failed.output
 
-    missing = runner.invoke(app, ["lfw-roc", str(tmp_path / "nowhere"), str(built[0]), "--out", str(tmp_path / "o")])
-    assert missing.exit_code == 1 and "does not exist" in missing.output
+    missing = runner.invoke(app, ["lfw-roc", str(tmp_path / "nowhere"), str(built[0]), str(tmp_path / "o")])
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    no_out = runner.invoke(app, ["lfw-roc", str(reps_dir), str(built[0])])
+    assert no_out.exit_code == 2 and "missing argument 'out'" in no_out.stderr.lower()
 
 
 def test_plot_label_is_the_model_name():
-    from facenet_cli.lfw import model_label
-
     assert model_label({"model": {"name": "dlib-resnet.v1", "threshold": 0.2}, "flip": True}) == "dlib-resnet.v1 + flip"
     assert model_label({"model": "toy"}) == "toy"
     assert model_label({}) == "this model"
+
+
+# ---------------------------------------------------------------- the metrics against brute force
+
+def random_pairs(rng, n):
+    """Distances rounded to 0.1, so that ties between and within classes are common."""
+    same = np.arange(n) < n // 2
+    rng.shuffle(same)
+    distance = np.round(rng.normal(loc=np.where(same, 1.0, 1.6), scale=0.4), 1)
+    return distance, same
+
+
+def probes(distance):
+    """Thresholds that realise every possible split of the pairs (and a few that do not)."""
+    values = np.unique(distance)
+    return np.concatenate([values - 1e-6, values, values + 1e-6, [values[0] - 1, values[-1] + 1]])
+
+
+def accuracy(distance, same, t):
+    return np.mean((distance <= t) == same)
+
+
+def far(distance, same, t):
+    return np.count_nonzero((distance <= t) & ~same) / np.count_nonzero(~same)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_thresholds_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    distance, same = random_pairs(rng, int(rng.integers(6, 80)))
+    t = best_threshold(distance, same)
+    assert accuracy(distance, same, t) == max(accuracy(distance, same, p) for p in probes(distance))
+    for target in (0.0, 0.1, 0.25, 0.5):
+        t = threshold_at_far(distance, same, target)
+        accepted = np.count_nonzero(distance <= t)
+        allowed = [p for p in probes(distance) if far(distance, same, p) <= target]
+        # The most accepting threshold that keeps FAR within the target (none: accept nothing).
+        most = max((np.count_nonzero(distance <= p) for p in allowed), default=0)
+        assert accepted == most
+        assert far(distance, same, t) <= target or accepted == 0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_auc_is_the_probability_a_matched_pair_is_closer(seed):
+    rng = np.random.default_rng(100 + seed)
+    distance, same = random_pairs(rng, int(rng.integers(4, 80)))
+    pos, neg = distance[same], distance[~same]
+    mann_whitney = np.mean([(p < q) + 0.5 * (p == q) for p in pos for q in neg])
+    assert roc_curve(distance, same).auc == pytest.approx(mann_whitney, abs=1e-12)
+
+
+def point_on_path(fpr, tpr, steps=2001):
+    """Every point of a piecewise-linear path, densely."""
+    t = np.linspace(0, 1, steps)
+    xs = np.concatenate([fpr[i] + t * (fpr[i + 1] - fpr[i]) for i in range(len(fpr) - 1)])
+    ys = np.concatenate([tpr[i] + t * (tpr[i + 1] - tpr[i]) for i in range(len(fpr) - 1)])
+    return xs, ys
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_eer_against_a_dense_walk_along_the_curve(seed):
+    rng = np.random.default_rng(200 + seed)
+    distance, same = random_pairs(rng, int(rng.integers(10, 80)))
+    roc = roc_curve(distance, same)
+    xs, ys = point_on_path(roc.fpr, roc.tpr)
+    crossing = np.argmin(np.abs(xs - (1 - ys)))
+    assert equal_error_rate(roc.fpr, roc.tpr) == pytest.approx(xs[crossing], abs=2e-3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mean_roc_is_the_pointwise_mean_of_the_folds(seed):
+    rng = np.random.default_rng(300 + seed)
+    rocs = [roc_curve(*random_pairs(rng, int(rng.integers(6, 40)))) for _ in range(5)]
+    fpr, tpr = mean_roc(rocs)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= -1e-12)
+    from facenet_cli.verification import curve_auc
+
+    assert curve_auc(fpr, tpr) == pytest.approx(np.mean([r.auc for r in rocs]), abs=1e-12)
+    for x in rng.random(25):
+        # Away from every fold's corner points, each fold's curve is one straight segment at x.
+        def fold_tpr(r):
+            i = np.flatnonzero((r.fpr[:-1] < x) & (r.fpr[1:] > x))[0]
+            return r.tpr[i] + (x - r.fpr[i]) / (r.fpr[i + 1] - r.fpr[i]) * (r.tpr[i + 1] - r.tpr[i])
+
+        j = np.flatnonzero((fpr[:-1] < x) & (fpr[1:] > x))[0]
+        mean_here = tpr[j] + (x - fpr[j]) / (fpr[j + 1] - fpr[j]) * (tpr[j + 1] - tpr[j])
+        assert mean_here == pytest.approx(np.mean([fold_tpr(r) for r in rocs]), abs=1e-9)
+
+
+def test_cross_validation_against_brute_force():
+    rng = np.random.default_rng(9)
+    distance, same = random_pairs(rng, 200)
+    fold = np.repeat(np.arange(10), 20)
+    from facenet_cli.verification import PairDistances
+
+    pd = PairDistances(distance, same, np.zeros(200, bool), [])
+    result = evaluate_distances(pd, fold)
+    for k, r in enumerate(result.folds):
+        train, test = fold != k, fold == k
+        best = max(accuracy(distance[train], same[train], p) for p in probes(distance[train]))
+        assert accuracy(distance[train], same[train], r.threshold) == best
+        assert r.accuracy == accuracy(distance[test], same[test], r.threshold)
+        assert r.far == far(distance[test], same[test], r.val_threshold)
+        assert r.val == np.count_nonzero((distance[test] <= r.val_threshold) & same[test]) / np.count_nonzero(same[test])
+    assert result.accuracy_mean == pytest.approx(np.mean([r.accuracy for r in result.folds]))
+    assert result.accuracy_std == pytest.approx(np.std([r.accuracy for r in result.folds]))

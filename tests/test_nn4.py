@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from facenet_cli.checkpoints import save_checkpoint
 from facenet_cli.errors import DataError, UnknownModel
 from facenet_cli.nets.nn4 import ARCHITECTURE_NAMES, FaceNetInception, build_nn4, default_record
 
@@ -61,7 +62,10 @@ def test_training_step_gives_finite_gradients():
     net = FaceNetInception("nn4.small2").train()
     out = net(faces(4))
     (out[:2] - out[2:]).pow(2).sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None for g in grads)  # every layer takes part in the embedding
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
 
 
 def test_default_record_is_openface_alignment_without_weights():
@@ -79,8 +83,7 @@ def test_build_loads_a_checkpoint(tmp_path):
     rec = default_record("nn4.small2")
     torch.manual_seed(1)
     trained = FaceNetInception("nn4.small2").eval()
-    path = tmp_path / "ckpt.pt"
-    torch.save({"state_dict": trained.state_dict(), "record": rec.to_dict()}, path)
+    path = save_checkpoint(tmp_path / "ckpt.pt", {"state_dict": trained.state_dict(), "record": rec.to_dict()})
     loaded = build_nn4(rec, path).eval()
     x = faces(2)
     with torch.no_grad():
@@ -90,8 +93,11 @@ def test_build_loads_a_checkpoint(tmp_path):
 def test_build_rejects_other_weights(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"state_dict": FaceNetInception("nn4.small2").state_dict()}, path)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="does not hold nn4 weights"):
         build_nn4(default_record("nn4"), path)
     torch.save({"weights": {}}, path)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="lacks 'state_dict'"):
+        build_nn4(default_record("nn4.small2"), path)
+    path.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(DataError, match="damaged or not a PyTorch checkpoint"):
         build_nn4(default_record("nn4.small2"), path)

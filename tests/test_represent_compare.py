@@ -17,6 +17,13 @@ from facenet_cli.reps import read_reps
 from .helpers import copy_people
 
 runner = CliRunner()
+
+
+def error_line(stderr: str) -> str:
+    """The one `Error: ` line of a failed command (progress bars share stderr)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
 PEOPLE = {"Colin_Powell": 3, "Serena_Williams": 3, "Tony_Blair": 3}
 
 
@@ -30,9 +37,14 @@ def aligned_chips(lfw_images, tmp_path_factory):
 
 def test_represent_writes_openface_layout(aligned_chips, tmp_path):
     out = tmp_path / "reps"
-    result = runner.invoke(app, ["represent", str(aligned_chips / "aligned"), str(out), "--batch-size", "4"])
+    result = runner.invoke(app, ["represent", str(aligned_chips / "aligned"), str(out), "--batch-size", "4", "--json"])
     assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["counts"] == {"embedded": 9, "unreadable": 0, "wrong-size": 0, "bad-name": 0}
+    assert (summary["images"], summary["faces"], summary["problems"]) == (9, 9, [])
+    assert summary["files"]["reps.npy"] == str(out / "reps.npy") and summary["dimension"] == 128
     reps = read_reps(out)
+    assert reps.meta["aligned"] == str((aligned_chips / "aligned").resolve()) and reps.meta["normalised"] is True
     assert reps.embeddings.shape == (9, 128) and reps.embeddings.dtype == np.float32
     assert np.allclose(np.linalg.norm(reps.embeddings, axis=1), 1.0, atol=1e-5)
     assert sorted(set(reps.labels.tolist())) == [1, 2, 3]
@@ -47,11 +59,33 @@ def test_represent_writes_openface_layout(aligned_chips, tmp_path):
 
 def test_represent_from_photos_matches_represent_of_aligned(aligned_chips, tmp_path):
     out = tmp_path / "reps"
-    result = runner.invoke(app, ["represent", str(aligned_chips / "raw"), str(out), "--photos"])
+    result = runner.invoke(app, ["represent", str(aligned_chips / "raw"), str(out), "--photos", "--json"])
     assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # the align summary goes into the JSON, not before it
+    assert summary["align"]["total"] == 9 and summary["align"]["counts"]["aligned"]["total"] == 9
+    assert summary["counts"]["embedded"] == 9
     direct = tmp_path / "direct"
     assert runner.invoke(app, ["represent", str(aligned_chips / "aligned"), str(direct)]).exit_code == 0
     assert np.allclose(read_reps(out).embeddings, read_reps(direct).embeddings, atol=1e-5)
+
+
+def test_represent_photos_takes_the_align_options(aligned_chips, tmp_path):
+    """--photos aligns with the detection options given, as `facenet align` would: with
+    --faces skip-multi and a photo of two people, that photo is an outcome, not a face."""
+    raw = tmp_path / "raw"
+    shutil.copytree(aligned_chips / "raw" / "Tony_Blair", raw / "Tony_Blair")
+    (raw / "Pair").mkdir()
+    two = Image.open(aligned_chips / "raw" / "Tony_Blair" / "Tony_Blair_0001.jpg")
+    canvas = Image.new("RGB", (two.width * 2, two.height))
+    canvas.paste(two, (0, 0))
+    canvas.paste(two, (two.width, 0))
+    canvas.save(raw / "Pair" / "Pair_0001.jpg")
+    result = runner.invoke(app, ["represent", str(raw), str(tmp_path / "reps"), "--photos", "--faces", "skip-multi",
+                                 "--upsample", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["align"]["counts"]["multiple-faces"]["total"] == 1 and summary["counts"]["embedded"] == 3
+    assert read_reps(tmp_path / "reps").people == ["Tony_Blair"] * 3
 
 
 def test_represent_refuses_another_models_alignment(lfw_images, tmp_path):
@@ -64,20 +98,48 @@ def test_represent_refuses_another_models_alignment(lfw_images, tmp_path):
     assert not (tmp_path / "reps" / "reps.npy").exists()
 
 
-def test_represent_records_an_unreadable_aligned_image(aligned_chips, tmp_path):
+def test_represent_records_every_problem_and_the_counts_add_up(aligned_chips, tmp_path):
     aligned = tmp_path / "aligned"
     shutil.copytree(aligned_chips / "aligned", aligned)
     (aligned / "Tony_Blair" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    shutil.copy(aligned / "Tony_Blair" / "Tony_Blair_0001.png", aligned / "Tony_Blair" / "line\nbreak.png")
     result = runner.invoke(app, ["represent", str(aligned), str(tmp_path / "reps")])
     assert result.exit_code == 0, result.output
-    assert "broken.png" in result.output and "1 unreadable" in result.output and "10 images in all" in result.output
-    assert len(read_reps(tmp_path / "reps")) == 9
+    assert "9 embeddings" in result.stdout and "1 unreadable, 0 wrong size, 1 bad names; 11 images in all" in result.stdout
+    assert "unreadable Tony_Blair/broken.png:" in result.stderr
+    assert "bad-name Tony_Blair/line\\nbreak.png: the file name holds a line break" in result.stderr
+    reps = read_reps(tmp_path / "reps")
+    assert len(reps) == 9 and not any("break" in p for p in reps.paths)
+    assert len((tmp_path / "reps" / "labels.csv").read_text().splitlines()) == 9
+
+
+def test_represent_a_crop_of_another_size_is_an_outcome(aligned_chips, tmp_path):
+    aligned = tmp_path / "aligned"
+    shutil.copytree(aligned_chips / "aligned", aligned)
+    (aligned / "align-spec.json").unlink()  # a folder from another tool: sizes are checked per image
+    Image.open(aligned / "Tony_Blair" / "Tony_Blair_0001.png").resize((96, 96)).save(aligned / "Tony_Blair" / "small.png")
+    result = runner.invoke(app, ["represent", str(aligned), str(tmp_path / "reps"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["counts"] == {"embedded": 9, "unreadable": 0, "wrong-size": 1, "bad-name": 0}
+    assert summary["problems"] == [{"path": "Tony_Blair/small.png", "outcome": "wrong-size", "reason": "96x96, not 150x150"}]
+
+
+def test_represent_with_nothing_embeddable_fails_and_writes_nothing(tmp_path):
+    aligned = tmp_path / "aligned" / "P"
+    aligned.mkdir(parents=True)
+    (aligned / "a.png").write_bytes(b"not a png")
+    (aligned / "b.png").write_bytes(b"")
+    result = runner.invoke(app, ["represent", str(tmp_path / "aligned"), str(tmp_path / "reps")])
+    assert result.exit_code == 1
+    assert error_line(result.stderr).startswith("Error: None of the 2 images in") and "nothing was written" in result.stderr
+    assert list((tmp_path / "reps").iterdir()) == []
 
 
 def test_represent_missing_folder(tmp_path):
     result = runner.invoke(app, ["represent", str(tmp_path / "none"), str(tmp_path / "reps")])
-    assert result.exit_code == 1
-    assert "does not exist" in result.output
+    assert result.exit_code == 2  # a usage error: the argument names no folder
+    assert error_line(result.stderr).startswith("Error: The aligned folder") and "does not exist" in result.stderr
 
 
 def test_compare_same_people_are_closer(examples_dir):
@@ -117,13 +179,56 @@ def test_compare_distance_of_a_picture_to_itself_is_zero(examples_dir, tmp_path)
     assert json.loads(result.stdout)["pairs"][0]["squared_l2"] == pytest.approx(0.0, abs=1e-6)
 
 
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of a rich table's body rows."""
+    return [[c.strip() for c in line.strip("│ ").split("│")] for line in stdout.splitlines() if line.count("│") == 5]
+
+
 def test_compare_table_and_unreadable_photo(examples_dir, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
-    result = runner.invoke(app, ["compare", str(examples_dir / "lennon-1.jpg"), str(examples_dir / "lennon-2.jpg"), str(bad)])
+    result = runner.invoke(app, ["compare", str(examples_dir / "lennon-1.jpg"), str(examples_dir / "lennon-2.jpg"),
+                                 str(examples_dir / "clapton-1.jpg"), str(bad)])
     assert result.exit_code == 0, result.output
-    assert "lennon-1.jpg" in result.output and "same" in result.output
-    assert "bad.jpg" in result.output and "not an image" in result.output
+    verdicts = {(a, b): verdict for a, b, _, verdict in table_rows(result.stdout)}
+    assert verdicts == {("lennon-1.jpg", "lennon-2.jpg"): "same", ("lennon-1.jpg", "clapton-1.jpg"): "different",
+                        ("lennon-2.jpg", "clapton-1.jpg"): "different"}
+    assert "bad.jpg" in result.stderr and "not an image" in result.stderr
+
+
+def test_compare_takes_the_detection_options(examples_dir, tmp_path):
+    photo = str(examples_dir / "longoria-cooper.jpg")
+    every = json.loads(runner.invoke(app, ["compare", photo, str(examples_dir / "adams.jpg"), "--json"]).stdout)
+    assert len(every["faces"]) == 3  # --faces all is compare's default
+    largest = runner.invoke(app, ["compare", photo, str(examples_dir / "adams.jpg"), "--faces", "largest", "--json"])
+    assert largest.exit_code == 0, largest.output
+    assert [f["label"] for f in json.loads(largest.stdout)["faces"]] == ["longoria-cooper.jpg", "adams.jpg"]
+    skipped = runner.invoke(app, ["compare", photo, str(examples_dir / "adams.jpg"), str(examples_dir / "carell.jpg"),
+                                  "--faces", "skip-multi", "--json"])
+    data = json.loads(skipped.stdout)
+    assert data["problems"] == {"longoria-cooper.jpg": "2 faces found (--faces skip-multi)"}
+    bad = runner.invoke(app, ["compare", photo, photo, "--detector", "nope"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("Error: ")
+
+
+def test_compare_fallbacks(examples_dir, tmp_path):
+    blank = tmp_path / "photos" / "lennon.jpg"
+    blank.parent.mkdir()
+    Image.new("RGB", (250, 250), (128, 128, 128)).save(blank)
+    (tmp_path / "stand-ins").mkdir()
+    shutil.copy(examples_dir / "lennon-1.jpg", tmp_path / "stand-ins" / "lennon.jpg")
+    result = runner.invoke(app, ["compare", str(blank), str(examples_dir / "lennon-2.jpg"),
+                                 "--fallback-dir", str(tmp_path / "stand-ins"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [f["fallback"] for f in data["faces"]] == [True, False]
+    assert data["pairs"][0]["same_person"] and data["pairs"][0]["squared_l2"] < 0.15  # lennon-1 vs lennon-2
+    centre = runner.invoke(app, ["compare", str(blank), str(examples_dir / "lennon-2.jpg"), "--fallback", "center",
+                                 "--json"])
+    assert centre.exit_code == 0, centre.output
+    assert [f["fallback"] for f in json.loads(centre.stdout)["faces"]] == [True, False]
+    none = runner.invoke(app, ["compare", str(blank), str(examples_dir / "lennon-2.jpg"), "--json"])
+    assert none.exit_code == 1 and json.loads(none.stdout)["problems"] == {"lennon.jpg": "no face found"}
 
 
 def test_compare_with_fewer_than_two_faces_fails(examples_dir, tmp_path):

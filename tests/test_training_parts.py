@@ -120,8 +120,7 @@ def test_openface_miner_without_pairs_returns_empty():
 @pytest.mark.parametrize("emb,labels", BATCHES)
 def test_semihard_equals_brute_force(emb, labels):
     d, lab = sq_dist_table(emb), labels.tolist()
-    expected = sorted((a, p, n) for a, p, n in all_triplets(lab)
-                      if d[a][p] < d[a][n] and d[a][n] - d[a][p] <= ALPHA)
+    expected = brute_semihard(d, lab)
     assert expected  # the batches are built to have some
     assert as_set(semihard_miner(ALPHA)(emb, labels)) == expected
 
@@ -129,19 +128,42 @@ def test_semihard_equals_brute_force(emb, labels):
 @pytest.mark.parametrize("emb,labels", BATCHES)
 def test_batch_hard_equals_brute_force(emb, labels):
     d, lab = sq_dist_table(emb), labels.tolist()
+    expected = brute_batch_hard(d, lab)
+    assert as_set(batch_hard_miner()(emb, labels)) == expected
+
+
+def brute_semihard(d, lab):
+    return sorted((a, p, n) for a, p, n in all_triplets(lab) if d[a][p] < d[a][n] and d[a][n] - d[a][p] <= ALPHA)
+
+
+def brute_batch_hard(d, lab):
     expected = []
     for a in range(len(lab)):
         pos = [p for p in range(len(lab)) if p != a and lab[p] == lab[a]]
         neg = [n for n in range(len(lab)) if lab[n] != lab[a]]
         if pos and neg:
             expected.append((a, max(pos, key=lambda p: d[a][p]), min(neg, key=lambda n: d[a][n])))
-    assert as_set(batch_hard_miner()(emb, labels)) == expected
+    return expected
 
 
-def test_make_miner_names():
-    for name in ("openface", "semihard", "batch-hard"):
-        assert make_miner(name) is not None
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("emb,labels", BATCHES[:3])
+def test_make_miner_by_name_equals_brute_force(emb, labels):
+    """What `facenet train --miner NAME` gets is the rule its name promises."""
+    d, lab = sq_dist_table(emb), labels.tolist()
+    assert as_set(make_miner("semihard", ALPHA)(emb, labels)) == brute_semihard(d, lab)
+    assert as_set(make_miner("batch-hard", ALPHA)(emb, labels)) == brute_batch_hard(d, lab)
+    openface = as_set(make_miner("openface", ALPHA, seed=5)(emb, labels))
+    assert openface == as_set(OpenFaceTripletMiner(ALPHA, torch.Generator().manual_seed(5))(emb, labels))
+    assert {(a, p) for a, p, _ in openface} == {(a, p) for a, p, n in all_triplets(lab)
+                                               if a < p and d[a][n] - d[a][p] < ALPHA}
+
+
+def test_make_miner_names_are_the_clis_choices():
+    from facenet_cli.choices import Miner, values
+    from facenet_cli.training import MINERS
+
+    assert tuple(MINERS) == values(Miner)
+    with pytest.raises(UsageError, match="openface, semihard, batch-hard"):
         make_miner("hardest")
 
 
@@ -247,3 +269,34 @@ def test_pk_sampler_refuses_too_few_people():
         PKBatchSampler(LABELS, 7, 4)
     with pytest.raises(UsageError):
         PKBatchSampler(LABELS, 2, 1)
+
+
+# ---- View 1 validation folds ------------------------------------------------------------
+
+def test_view1_folds_of_a_small_file_are_never_empty(tmp_path, lfw_dir):
+    """4 + 4 pairs of LFW's pairsDevTest.txt: 4 folds, each with one pair of each kind, and a
+    cross-validated accuracy that is a number (10 folds left 6 empty: nan, "Mean of empty slice")."""
+    import warnings
+
+    import numpy as np
+
+    from facenet_cli.lfw import read_pairs
+    from facenet_cli.training.data import view1_folds
+    from facenet_cli.verification import PairDistances, evaluate_distances
+
+    lines = (lfw_dir / "pairsDevTest.txt").read_text(encoding="utf-8").splitlines()
+    small = tmp_path / "pairsDevTest-8.txt"
+    small.write_text("\n".join(["4", *lines[1:5], *lines[501:505]]) + "\n", encoding="utf-8")
+    pairs = read_pairs(small)
+    folds = view1_folds(pairs)
+    assert sorted(folds[pairs.same].tolist()) == sorted(folds[~pairs.same].tolist()) == [0, 1, 2, 3]
+
+    distance = np.where(pairs.same, 0.1, 0.5) + np.arange(len(pairs)) * 1e-3  # separable
+    test = PairDistances(distance, pairs.same.copy(), np.zeros(len(pairs), bool), [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Mean of empty slice" would fail here
+        result = evaluate_distances(test, folds)
+    assert len(result.folds) == 4 and result.accuracy_mean == 1.0
+
+    full = view1_folds(read_pairs(lfw_dir / "pairsDevTest.txt"))
+    assert np.bincount(full).tolist() == [100] * 10  # a full file keeps ten folds of 50 + 50

@@ -1,6 +1,8 @@
 """t-SNE maps: files, separation of clear clusters, determinism, name errors, the command."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -42,6 +44,7 @@ def test_two_clusters_land_apart(reps_dir, tmp_path):
         image.verify()
     assert (tmp_path / "tsne.pdf").read_bytes().startswith(b"%PDF")
     assert (tmp_path / "tsne.csv").read_text().splitlines()[0] == "person,path,x,y"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tsne.csv", "tsne.pdf", "tsne.png"]  # no temp files
     again = tsne_map(reps_dir, tmp_path / "again", names=["George_W_Bush", "Colin_Powell"], seed=3)
     np.testing.assert_array_equal(again.points, result.points)
 
@@ -64,17 +67,25 @@ def test_too_few_faces(reps_dir, tmp_path):
 
 def test_cli(reps_dir, tmp_path):
     runner = CliRunner()
-    ok = runner.invoke(app, ["tsne", str(reps_dir), "--top", "3", "--out", str(tmp_path), "--seed", "1"])
+    ok = runner.invoke(app, ["tsne", str(reps_dir), str(tmp_path / "top"), "--top", "2", "--seed", "1"])
     assert ok.exit_code == 0, ok.output
-    assert "Mapped 27 faces of 3 people" in ok.output
-    named = runner.invoke(app, ["tsne", str(reps_dir), "--names", "Tony_Blair,Colin_Powell", "--out", str(tmp_path)])
+    assert "Mapped 24 faces of 2 people" in ok.stdout
+    rows = (tmp_path / "top" / "tsne.csv").read_text().splitlines()[1:]
+    assert sorted({r.split(",")[0] for r in rows}) == ["Colin_Powell", "George_W_Bush"] and len(rows) == 24
+    named = runner.invoke(app, ["tsne", str(reps_dir), str(tmp_path / "named"), "--names", "Tony_Blair,Colin_Powell",
+                                "--json"])
     assert named.exit_code == 0, named.output
-    spaced = runner.invoke(app, ["tsne", str(reps_dir), "--names", "Tony_Blair", "Colin_Powell", "George_W_Bush",
-                                 "--out", str(tmp_path / "spaced")])
+    data = json.loads(named.stdout)
+    assert data["people"] == {"Tony_Blair": 3, "Colin_Powell": 12} and data["faces"] == 15
+    assert data["files"]["png"] == str(tmp_path / "named" / "tsne.png")
+    spaced = runner.invoke(app, ["tsne", str(reps_dir), str(tmp_path / "spaced"), "--names", "Tony_Blair",
+                                 "Colin_Powell", "George_W_Bush"])
     assert spaced.exit_code == 0, spaced.output
-    assert "of 3 people" in spaced.output
-    stray = runner.invoke(app, ["tsne", str(reps_dir), "extra", "--top", "2", "--out", str(tmp_path)])
-    assert stray.exit_code == 1 and "put people's names after --names" in stray.output
-    unknown = runner.invoke(app, ["tsne", str(reps_dir), "--names", "Nobody", "--out", str(tmp_path)])
+    assert "Mapped 27 faces of 3 people" in spaced.stdout
+    stray = runner.invoke(app, ["tsne", str(reps_dir), str(tmp_path), "extra", "--top", "2"])
+    assert stray.exit_code == 2 and "put people's names after --names" in stray.stderr
+    unknown = runner.invoke(app, ["tsne", str(reps_dir), str(tmp_path), "--names", "Nobody"])
     assert unknown.exit_code == 1
-    assert "Error: 1 of the names have no faces" in unknown.output
+    assert unknown.stderr.startswith("Error: 1 of the names have no faces")
+    no_out = runner.invoke(app, ["tsne", str(reps_dir), "--top", "2"])
+    assert no_out.exit_code == 2 and "missing argument 'out'" in no_out.stderr.lower()

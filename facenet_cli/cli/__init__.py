@@ -5,7 +5,7 @@ from ._app import app
 
 # Each import registers its command(s) on `app`.
 from . import (align, cluster, compare, demo, fetch_models, gallery, identify, lfw_roc,  # noqa: F401,E402
-               represent, train, tsne)
+               represent, serve, train, tsne)
 
 
 def main() -> None:

@@ -146,9 +146,11 @@ FallbackDirOption = Annotated[Optional[Path], typer.Option(
     "--fallback-dir", help="No face found: align the same relative path from this folder instead (OpenFace style).")]
 
 
-def load_embedder(model: str, device: str = "auto", batch_size: int = 32, flip: bool = False):
+def load_embedder(model: str, device: str = "auto", batch_size: int = 32, flip: bool = False,
+                  precision: str = "fp32", tta: int = 0, engine: str = "torch"):
     """Resolve --model through the catalogue (or a checkpoint) and load its network once."""
     from ..embed import Embedder
     from ..hub import resolve_model
 
-    return Embedder(resolve_model(model), device=str(device), flip=flip, batch_size=batch_size)
+    return Embedder(resolve_model(model), device=str(device), flip=flip, batch_size=batch_size,
+                    precision=str(precision), tta=tta, engine=engine)

@@ -3,92 +3,131 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from ..align import FACE_POLICIES, FALLBACKS
-from ..align_specs import SPECS, get_spec
-from ..catalogue import DEFAULT_MODEL
-from ..detect import DETECTORS, parse_upsample
-from ..errors import UsageError
-from ..jobs import REPORT_FILE, STATUSES, AlignJob, AlignReport, align_tree
-from ._app import command, console
-from ._progress import progress_bar
+from ..choices import DEFAULT_MODEL, Detector, FacePolicy, Fallback, Landmarks, Upsample
+from ._app import (DetectorOption, FacesOption, FallbackDirOption, FallbackOption, JsonOption, ModelOption,
+                   UpsampleOption, command, console, print_json)
+
+if TYPE_CHECKING:
+    from ..jobs import AlignJob, AlignReport
+
+# The parser's bounds for --size; the library checks the same (facenet_cli.align.MIN_SIZE/MAX_SIZE).
+MIN_SIZE, MAX_SIZE = 16, 2048
 
 
 def model_spec(model: str, landmarks: Optional[str], size: Optional[int]):
     """The model's own spec unless --landmarks names another; --size overrides the size."""
-    if landmarks:
-        return get_spec(landmarks, size)
+    from ..align_specs import get_spec
     from ..hub import resolve_model  # checkpoints carry their own spec
 
+    if landmarks:
+        return get_spec(landmarks, size)
     spec = resolve_model(model).align
     return spec.with_size(size) if size else spec
 
 
-def choice(value: str, allowed, option: str) -> str:
-    if value not in allowed:
-        raise UsageError(f"{option} must be one of {', '.join(allowed)}, not {value!r}.")
-    return value
-
-
 @command
 def align_command(
-    raw: Annotated[Path, typer.Argument(help="Folder of <person>/<image> photos.")],
-    out: Annotated[Path, typer.Argument(help="Output folder; RAW's layout is mirrored as PNG files.")],
-    model: Annotated[str, typer.Option(help="Align for this model's input (catalogue name or checkpoint).")] = DEFAULT_MODEL,
-    landmarks: Annotated[Optional[str], typer.Option(
-        help=f"Alignment spec instead of the model's: {', '.join(SPECS)}.")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Output side in pixels (default: the spec's, e.g. 96 or 150).")] = None,
-    detector: Annotated[str, typer.Option(
-        help="Face detector: hog (fast), cnn (dlib's MMOD: slower, finds turned faces), or hog+cnn (cnn only where hog finds nothing).")] = "hog",
-    upsample: Annotated[str, typer.Option(help="Detector upsampling 0-4, or auto: 0 first, more only when no face is found.")] = "auto",
-    faces: Annotated[str, typer.Option(help="Several faces: largest, center (nearest the image centre), center-only (only a face covering the centre; for centred datasets such as LFW), all, skip-multi.")] = "largest",
-    fallback: Annotated[str, typer.Option(help="No face found: none (record it), or center (landmarks on the centre box, for centred datasets such as LFW).")] = "none",
-    fallback_dir: Annotated[Optional[Path], typer.Option(help="No face found: align the same relative path from this folder instead (OpenFace style).")] = None,
-    workers: Annotated[int, typer.Option(help="Processes; each loads the detector once.")] = 1,
+    raw: Annotated[Path, typer.Argument(
+        help="Folder of <person>/<image> photos. Links to files are followed; links to folders are not "
+        "entered; hidden files and folders, special files and names with control characters are skipped, "
+        "each with a row in the report.")],
+    out: Annotated[Path, typer.Argument(
+        help="Output folder, outside RAW; RAW's layout is mirrored as PNG files, with align-report.csv "
+        "(one outcome per entry of RAW) and align-spec.json.")],
+    model: ModelOption = DEFAULT_MODEL,
+    landmarks: Annotated[Optional[Landmarks], typer.Option(
+        "--landmarks", help="Alignment spec instead of the model's.")] = None,
+    size: Annotated[Optional[int], typer.Option(
+        "--size", min=MIN_SIZE, max=MAX_SIZE,
+        help=f"Output side in pixels, {MIN_SIZE}-{MAX_SIZE} (default: the spec's, e.g. 96 or 150).")] = None,
+    detector: DetectorOption = Detector.hog,
+    upsample: UpsampleOption = Upsample.auto,
+    faces: FacesOption = FacePolicy.largest,
+    fallback: FallbackOption = Fallback.none,
+    fallback_dir: FallbackDirOption = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes; each loads the detector once.")] = 1,
+    as_json: JsonOption = False,
 ) -> None:
     """Align every face under RAW into OUT for a model's template.
 
+    Every entry of RAW gets one row in OUT/align-report.csv.
+
+    Links to files are followed; links to folders are not entered.
+
+    Hidden files and folders, special files and names with control characters are skipped, each with a row.
+
+    Resumable: rerun the same command after a kill or a full disk; finished files keep their outcome.
+
+    Exit 0 when the run finished (files without a face are outcomes), 1 when it could not (full disk), 2 on usage.
+
     Example: facenet align ~/photos aligned/ --workers 2
     """
+    from ..jobs import AlignJob
+
     job = AlignJob(
-        spec=model_spec(model, landmarks, size),
-        detector=choice(detector, DETECTORS, "--detector"),
-        upsample=parse_upsample(upsample),
-        faces=choice(faces, FACE_POLICIES, "--faces"),
-        fallback=choice(fallback, FALLBACKS, "--fallback"),
+        spec=model_spec(model, landmarks.value if landmarks else None, size),
+        detector=detector.value,
+        upsample=upsample.value,
+        faces=faces.value,
+        fallback=fallback.value,
         fallback_dir=str(fallback_dir) if fallback_dir else None,
     )
     report = run_with_progress(raw, out, job, workers)
-    print_summary(report)
+    if as_json:
+        print_json(report.summary())
+    else:
+        print_summary(report)
 
 
-def run_with_progress(raw: Path, out: Path, job: AlignJob, workers: int) -> AlignReport:
-    with progress_bar() as progress:
-        task = progress.add_task("Aligning", total=None, rate="")
-        started = time.perf_counter()
-        done = [0]
+def run_with_progress(raw: Path, out: Path, job: "AlignJob", workers: int) -> "AlignReport":
+    """`align_tree` with a progress bar on stderr, shown once the folders are checked (a usage
+    error stays one line)."""
+    from ..jobs import align_tree
+    from ._progress import progress_bar
 
-        def on_start(total: int) -> None:
-            progress.update(task, total=total)
+    progress = progress_bar()
+    task = progress.add_task("Aligning", total=None, rate="")
+    started = time.perf_counter()
+    done = [0]
+    shown = [False]
 
-        def on_outcome(_outcome) -> None:
-            done[0] += 1
-            rate = done[0] / max(time.perf_counter() - started, 1e-9)
-            progress.update(task, advance=1, rate=f"{rate:.1f} img/s")
+    def on_start(total: int) -> None:
+        progress.update(task, total=total)
+        progress.start()
+        shown[0] = True
 
+    def on_outcome(outcome) -> None:
+        done[0] += 1
+        rate = done[0] / max(time.perf_counter() - started, 1e-9)
+        progress.update(task, completed=done[0], rate=f"{rate:.1f} entries/s")
+
+    try:
         return align_tree(raw, out, job, workers, on_outcome=on_outcome, on_start=on_start)
+    finally:
+        if shown[0]:  # stopping a bar never shown would still print a blank line
+            progress.stop()
 
 
-def print_summary(report: AlignReport) -> None:
-    table = Table(title=f"facenet align: {report.total} files in {report.seconds:.1f} s")
+def print_summary(report: "AlignReport") -> None:
+    """Counts per outcome, done now and in earlier runs; they add up to the entries of RAW."""
+    from rich.table import Table
+
+    from ..aligned import STATUSES
+
+    now, earlier = report.counts_now, report.counts_earlier
+    table = Table(title=f"facenet align: {report.total} entries in {report.seconds:.1f} s")
     table.add_column("outcome")
-    table.add_column("files", justify="right")
+    table.add_column("now", justify="right")
+    table.add_column("earlier runs", justify="right")
+    table.add_column("total", justify="right")
     for status in STATUSES:
-        table.add_row(status, str(report.counts[status]))
-    table.add_row("[bold]total", f"[bold]{report.total}")
+        if now[status] or earlier[status]:
+            table.add_row(status, str(now[status]), str(earlier[status]), str(now[status] + earlier[status]))
+    table.add_row("[bold]total", f"[bold]{sum(now.values())}", f"[bold]{sum(earlier.values())}",
+                  f"[bold]{report.total}")
     console.print(table)
-    console.print(f"Aligned faces and the per-file report are in {report.out_dir} ({REPORT_FILE}).")
+    console.print(f"Aligned faces are in {report.out_dir}; every entry's outcome is in {report.report_path}.")

@@ -1,1 +1,102 @@
-"""`facenet cluster`: placeholder, filled in by the identities work (issue 9)."""
+"""`facenet cluster SOURCE OUT`: group faces by person, without labels or a number of people."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..choices import DEFAULT_MODEL, Detector, FacePolicy, Fallback, LinkMode, Upsample
+from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacesOption, FallbackOption, FlipOption,
+                   JsonOption, ModelOption, UpsampleOption, command, console, err_console, print_json)
+
+
+@command
+def cluster_command(
+    source: Annotated[Path, typer.Argument(
+        help="A `facenet represent` output (labels.csv), an aligned folder, or a folder of photos.")],
+    out: Annotated[Path, typer.Argument(
+        help="Output folder: clusters.csv, cluster-summary.json, contact-sheet.png (and links/ with --link).")],
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", help="Squared L2 distance under which clusters merge (average linkage); default: the "
+        "model's calibrated clustering operating point.")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours kept per face in the neighbour graph.")] = 32,
+    link: Annotated[Optional[LinkMode], typer.Option(
+        "--link", help="Also write OUT/links/cluster-0001/... (and unknown/) with a symlink or hard link per face "
+        "crop; rename a folder to the person's name and `facenet gallery add` it.")] = None,
+    sheet_rows: Annotated[int, typer.Option("--sheet-rows", min=1, help="Contact sheet: clusters shown, largest first.")] = 20,
+    sheet_columns: Annotated[int, typer.Option("--sheet-columns", min=1, help="Contact sheet: faces per row.")] = 12,
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 32,
+    flip: FlipOption = False,
+    detector: DetectorOption = Detector.hog,
+    upsample: UpsampleOption = Upsample.auto,
+    faces: FacesOption = FacePolicy.all,
+    fallback: FallbackOption = Fallback.none,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Photos: alignment processes.")] = 1,
+    as_json: JsonOption = False,
+) -> None:
+    """Group faces by person; faces that match no one go to `unknown`.
+
+    Example: facenet cluster reps/ clusters/ --link symlink   (or: facenet cluster photos/ clusters/)
+    """
+    from ..cluster import cluster_faces, cluster_name
+    from ._progress import progress_bar
+
+    with progress_bar() as progress:
+        task = [None]
+        started = [time.perf_counter(), 0]
+
+        def on_stage(name: str, total: Optional[int]) -> None:
+            if task[0] is not None:  # the previous stage is over
+                progress.update(task[0], total=max(started[1], 1), completed=max(started[1], 1))
+            task[0] = progress.add_task(name, total=total, rate="") if name != "Done" else None
+            started[0], started[1] = time.perf_counter(), 0
+
+        def on_advance(count: int) -> None:
+            started[1] += count
+            rate = started[1] / max(time.perf_counter() - started[0], 1e-9)
+            progress.update(task[0], advance=count, rate=f"{rate:.0f}/s")
+
+        report = cluster_faces(
+            source, out, threshold=threshold, k=k, link=link.value if link else None,
+            sheet_rows=sheet_rows, sheet_columns=sheet_columns, model=model, device=str(device),
+            flip=flip, batch_size=batch_size, detector=detector.value, upsample=upsample.value,
+            faces=faces.value, fallback=fallback.value, workers=workers,
+            on_stage=on_stage, on_advance=on_advance)
+        on_stage("Done", 0)
+
+    summary = report.to_dict()
+    if as_json:
+        print_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{summary['clusters']} clusters of {summary['faces']} faces "
+                        f"(threshold {report.threshold:g}, {report.threshold_source})")
+    table.add_column("cluster")
+    table.add_column("faces", justify="right")
+    table.add_column("first faces")
+    shown = 15
+    for label, size in enumerate(summary["sizes"][:shown]):
+        members = [f for f, lab in zip(report.faces, report.labels) if lab == label][:3]
+        table.add_row(cluster_name(label), str(size), ", ".join(Path(m.path).name for m in members))
+    if len(summary["sizes"]) > shown:
+        table.add_row(f"... {len(summary['sizes']) - shown} more", str(sum(summary["sizes"][shown:])), "")
+    table.add_row("unknown", str(summary["unknown"]), "faces that match no one")
+    console.print(table)
+    if report.photo_outcomes:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(report.photo_outcomes.items()))
+        console.print(f"Photos: {sum(report.photo_outcomes.values())} files ({counts}).")
+    for path in report.no_face[:10]:
+        err_console.print(f"no face in {path}", markup=False)
+    if len(report.no_face) > 10:
+        err_console.print(f"... and {len(report.no_face) - 10} more files without a face "
+                          f"(see {out / 'aligned' / 'align-report.csv'})", markup=False)
+    if report.links_missing:
+        err_console.print(f"{len(report.links_missing)} crops were not found, so they have no link "
+                          f"(first: {report.links_missing[0]}).", markup=False)
+    console.print(f"{summary['faces']} faces: {summary['clusters']} clusters, {summary['unknown']} unknown, "
+                  f"in {report.seconds:.1f} s. Written: {', '.join(report.files.values())}", markup=False)

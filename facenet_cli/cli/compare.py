@@ -1,53 +1,74 @@
 """`facenet compare IMG IMG ...`: squared L2 distances between every pair of faces."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from ..align import FaceAligner
-from ..catalogue import DEFAULT_MODEL
-from ..compare import Comparison, compare_photos
-from ..detect import parse_upsample
-from ..errors import UsageError
-from ._app import DeviceOption, FlipOption, ModelOption, command, console, err_console, load_embedder
+from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Precision, Upsample
+from ..errors import DataError
+from ._app import (DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption, FlipOption,
+                   JsonOption, ModelOption, UpsampleOption, command, console, err_console, load_embedder,
+                   print_json)
+
+if TYPE_CHECKING:
+    from ..compare import Comparison
 
 
 @command
 def compare_command(
     images: Annotated[list[Path], typer.Argument(help="Two or more photos (a photo with several faces counts each).")],
     model: ModelOption = DEFAULT_MODEL,
-    device: DeviceOption = "auto",
+    device: DeviceOption = Device.auto,
     flip: FlipOption = False,
-    upsample: Annotated[str, typer.Option(help="Detector upsampling 0-4, or auto.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    detector: DetectorOption = Detector.hog,
+    upsample: UpsampleOption = Upsample.auto,
+    faces: FacesOption = FacePolicy.all,
+    fallback: FallbackOption = Fallback.none,
+    fallback_dir: FallbackDirOption = None,
+    precision: Annotated[Precision, typer.Option(
+        "--precision", help="Network arithmetic: fp32 (reference), bf16 (fast only on CPUs/GPUs with bf16 units) "
+        "or int8 (CPU).")] = Precision.fp32,
+    tta: Annotated[int, typer.Option(
+        "--tta", min=0, help="Also average N jittered copies of each face (small shifts, zooms, rotations); "
+        "costs (1 + N)x the network time.")] = 0,
+    as_json: JsonOption = False,
 ) -> None:
-    """Squared L2 distances between the faces of photos (0 = same picture, 4 = opposite).
+    """Squared L2 distances between the faces of photos (0 = same picture, 4 = opposite), with a
+    same/different verdict at the model's threshold. Photos without a face are reported and the
+    others still compared.
 
     Example: facenet compare lennon-1.jpg lennon-2.jpg clapton-1.jpg
     """
-    embedder = load_embedder(model, device, flip=flip)
-    aligner = FaceAligner(embedder.record.align, upsample=parse_upsample(upsample), faces="all")
-    result = compare_photos([str(p) for p in images], aligner, embedder)
+    from ..align import FaceAligner
+    from ..compare import compare_photos
+    from ..detect import parse_upsample
+    # engine="auto": for a handful of faces on the CPU, dlib's own network instead of importing
+    # PyTorch, whose import alone takes longer than the whole comparison.
+    embedder = load_embedder(model, device.value, flip=flip, precision=precision.value, tta=tta, engine="auto")
+    aligner = FaceAligner(embedder.record.align, detector.value, parse_upsample(upsample.value), faces.value,
+                          fallback.value)
+    result = compare_photos([str(p) for p in images], aligner, embedder, fallback_dir=fallback_dir)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict())
     else:
         print_comparison(result)
     if len(result.faces) < 2:
         # Printed above first, so scripts still get the per-photo problems.
-        raise UsageError(f"compare needs at least two faces and found {len(result.faces)}; "
-                         "give two or more photos with faces.")
+        raise DataError(f"compare needs at least two faces and found {len(result.faces)}; "
+                        "give two or more photos with faces.")
 
 
-def print_comparison(result: Comparison) -> None:
+def print_comparison(result: "Comparison") -> None:
+    from rich.table import Table
+
     table = Table(title=f"{result.model}: squared L2 distance, same person at <= {result.threshold:.3f}")
     for column in ("face", "face", "distance", "verdict"):
         table.add_column(column, justify="right" if column == "distance" else "left", overflow="fold")
     for a, b, distance, same in result.pairs():
-        table.add_row(a.label, b.label, f"{distance:.3f}", "same" if same else "different")
+        table.add_row(a.label + (" (fallback)" if a.fallback else ""), b.label + (" (fallback)" if b.fallback else ""),
+                      f"{distance:.3f}", "same" if same else "different")
     console.print(table)
     for photo, reason in result.problems.items():
         err_console.print(f"{photo}: {reason}", markup=False)

@@ -5,16 +5,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from PIL import Image, ImageEnhance, ImageOps
 
-from ..align import FaceAligner
-from ..catalogue import DEFAULT_MODEL
-from ..compare import compare_photos
+from ..choices import DEFAULT_MODEL
 from ..errors import UsageError
-from ..jobs import AlignJob
 from ._app import command, console, load_embedder
-from .align import print_summary, run_with_progress
-from .compare import print_comparison
 
 
 def sample_photo() -> Path:
@@ -35,8 +29,16 @@ def demo_command(
 
     Example: facenet demo --out demo-out
     """
+    from PIL import Image, ImageEnhance, ImageOps
+
+    from ..align import FaceAligner
+    from ..atomic import atomic_open
+    from ..compare import compare_photos
+    from ..jobs import AlignJob
+    from .align import print_summary, run_with_progress
+    from .compare import print_comparison
+
     raw = out / "photos" / "Grace_Hopper"
-    raw.mkdir(parents=True, exist_ok=True)
     photo = Image.open(sample_photo()).convert("RGB")
     variants = {
         "Grace_Hopper_0001.jpg": photo,
@@ -44,7 +46,8 @@ def demo_command(
         "Grace_Hopper_0003_dark_gray.jpg": ImageEnhance.Brightness(ImageOps.grayscale(photo)).enhance(0.5),
     }
     for name, image in variants.items():
-        image.save(raw / name, quality=92)
+        with atomic_open(raw / name) as fh:
+            image.save(fh, format="JPEG", quality=92)
 
     embedder = load_embedder(DEFAULT_MODEL)
     report = run_with_progress(raw.parent, out / "aligned", AlignJob(spec=embedder.record.align), workers=1)

@@ -1,1 +1,98 @@
-"""`facenet identify`: placeholder, filled in by the identities work (issue 9)."""
+"""`facenet identify GALLERY PHOTO|DIR ...`: who is in these photos, or `unknown`."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..choices import Detector, IdentifyMethod, Upsample
+from ._app import DetectorOption, DeviceOption, JsonOption, command, console, err_console, print_json
+
+
+@command
+def identify_command(
+    gallery: Annotated[Path, typer.Argument(help="A gallery file from `facenet gallery add`.", dir_okay=False)],
+    photos: Annotated[list[Path], typer.Argument(help="Photos, or folders of photos; every face in them is answered.")],
+    far: Annotated[Optional[float], typer.Option(
+        "--far", help="The share of strangers you accept being named as someone (0.01 = 1 %, the default; 0.001 "
+        "= stricter). Calibrated on LFW people for the gallery's size.", show_default=False)] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", help="Expert override: the gate score under which a face is named (overrides --far).",
+        show_default=False)] = None,
+    method: Annotated[Optional[IdentifyMethod], typer.Option(
+        "--method", help="mean (a person's mean face), nearest (a person's closest face), knn (the k nearest faces "
+        "vote) or svm (linear SVC fitted on the gallery, as OpenFace's classifier); each behind the same unknown "
+        "gate. Default: the one the model's operating points were calibrated with (mean for dlib-resnet.v1).",
+        show_default=False)] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="With --method knn: how many nearest faces vote.")] = 3,
+    top: Annotated[int, typer.Option("--top", min=1, help="Candidates listed per face, best first.")] = 3,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="A catalogue name or checkpoint; must be the gallery's own model (the default).")] = None,
+    device: DeviceOption = "auto",
+    detector: DetectorOption = Detector.hog,
+    upsample: Annotated[Upsample, typer.Option("--upsample", help="Detector upsampling 0-4, or auto.")] = Upsample.auto,
+    as_csv: Annotated[bool, typer.Option(
+        "--csv", help="Print CSV on stdout (one row per face) instead of a table.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Name every face in the photos from a gallery, or say `unknown` (with the estimated false-alarm rate).
+
+    Example: facenet identify people.gallery party/ --far 0.001 --top 3
+    """
+    from ..identification import identify
+    from ._progress import progress_bar
+
+    # The bar starts with the work, so that a usage error stays one line on stderr.
+    progress, state = progress_bar(), {"done": 0, "started": time.perf_counter()}
+
+    def on_start(total: int) -> None:
+        progress.start()
+        state["task"] = progress.add_task("Identifying", total=total, rate="")
+
+    def on_advance(count: int) -> None:
+        state["done"] += count
+        rate = state["done"] / max(time.perf_counter() - state["started"], 1e-9)
+        progress.update(state["task"], advance=count, rate=f"{rate:.1f} photos/s")
+
+    try:
+        result = identify(gallery, [str(p) for p in photos], method=method.value if method else None, far=far,
+                          threshold=threshold, top=top, k=k, device=device.value, detector=detector.value,
+                          upsample=upsample.value, model=model, on_start=on_start, on_advance=on_advance)
+    finally:
+        progress.stop()
+    if as_json:
+        print_json(result.to_dict())
+    elif as_csv:
+        typer.echo(result.csv_text(), nl=False)
+    else:
+        point = (f"FAR {result.far:g}" if result.far is not None else f"threshold {result.threshold:.4f}")
+        table = Table(title=f"{result.gallery}: {result.people} people, {result.method}, gate at {point}")
+        for column in ("photo", "face", "box", "name", "distance", "est. FAR", "candidates"):
+            numeric = column in ("face", "distance", "est. FAR")
+            table.add_column(column, overflow="fold", justify="right" if numeric else "left")
+        for face in result.faces:
+            a = face.answer
+            table.add_row(face.photo, str(face.face), " ".join(map(str, face.box)), a.name, f"{a.distance:.3f}",
+                          _far_text(a.far, result.far_range),
+                          ", ".join(f"{c.name} {c.distance:.3f}" for c in a.candidates))
+        console.print(table)
+        data = result.to_dict()
+        console.print(f"{data['photos']} photos: {data['faces_found']} faces, {data['named']} named, "
+                      f"{data['unknown']} unknown; {data['photos_without_face']} photos without a face.", markup=False)
+    if not as_json and not as_csv:
+        for photo, reason in result.problems.items():
+            err_console.print(f"{photo}: {reason}", markup=False)
+
+
+def _far_text(far: float | None, far_range: tuple[float, float] | None) -> str:
+    """The estimated FAR, with the calibrated range's ends shown as bounds."""
+    if far is None:
+        return ""
+    if far_range and far >= far_range[1] * (1 - 1e-9):
+        return f">= {far_range[1]:g}"
+    if far_range and far <= far_range[0] * (1 + 1e-9):
+        return f"<= {far_range[0]:g}"
+    return f"{far:.2g}"

@@ -426,7 +426,12 @@ class DlibResNet(nn.Module):
 
 
 def load_dlib_resnet(path: str | Path) -> DlibResNet:
-    """Read a `dlib_face_recognition_resnet_model_v1.dat` file into an eval-mode module."""
+    """Read a `dlib_face_recognition_resnet_model_v1.dat` file into an eval-mode module.
+
+    Not cached in a converted form: reading and verifying such a cache (22 MB, SHA-256) measured
+    as slow as this parse (0.12-0.27 s vs 0.15-0.24 s on a loaded 2-core machine), whose tensors
+    are already read with np.frombuffer; the start-up that matters is torch's import, which
+    `Embedder(engine="auto")` avoids for small jobs."""
     return DlibResNet(read_dlib_net(path), name=str(path)).eval()
 
 
@@ -459,3 +464,123 @@ def conv_flops(model: DlibResNet, size: int = INPUT_SIZE) -> int:
     for hook in hooks:
         hook.remove()
     return flops + 2 * model.fc_weight.numel()
+
+
+# --- int8 -----------------------------------------------------------------------------------------
+
+def calibrate_int8(model: DlibResNet, batches: list[torch.Tensor]) -> dict[str, list[float]]:
+    """The [min, max] of every activation that the int8 network quantizes, over `batches` of real
+    face chips (float NCHW 0..255): the stem's output and, per block, conv1 (after relu), conv2
+    (before the add) and the block's output. `facenet_cli/nets/dlib_resnet_int8.py` keeps the
+    ranges measured once on LFW chips, so int8 results do not depend on the user's first batch."""
+    ranges: dict[str, list[float]] = {}
+
+    def observe(name: str, x: torch.Tensor) -> None:
+        low, high = float(x.min()), float(x.max())
+        old = ranges.get(name, [low, high])
+        ranges[name] = [min(old[0], low), max(old[1], high)]
+
+    with torch.inference_mode():
+        for images in batches:
+            x = F.relu(model.stem(images))
+            observe("stem", x)
+            x = max_pool_unpadded(x, model.stem_pool_window, model.stem_pool_stride)
+            for i, block in enumerate(model.blocks):
+                h = F.relu(block.conv1(x))
+                observe(f"{i}.conv1", h)
+                observe(f"{i}.conv2", block.conv2(h))
+                x = block(x)
+                observe(f"{i}.out", x)
+    return ranges
+
+
+def _qparams(value_range: list[float]) -> tuple[float, int]:
+    """quint8 scale and zero point covering [min(low, 0), max(high, 0)] in 256 steps. (fbgemm's
+    reduce_range, 128 steps against int16 saturation on CPUs without VNNI, measured 3x worse
+    here once the stem, whose 0..255 inputs did saturate, stays in fp32.)"""
+    low, high = min(value_range[0], 0.0), max(value_range[1], 0.0)
+    scale = max((high - low) / 255.0, 1e-8)
+    return scale, int(min(255, max(0, round(-low / scale))))
+
+
+def _quantized_conv(conv: FoldedConv, value_range: list[float], relu: bool):
+    """A fbgemm int8 convolution (per-channel symmetric weights) computing `conv` (then relu)."""
+    from torch.ao.nn.intrinsic.quantized import ConvReLU2d
+    from torch.ao.nn.quantized import Conv2d
+
+    out_channels, in_channels, rows, cols = conv.weight.shape
+    module = (ConvReLU2d if relu else Conv2d)(in_channels, out_channels, (rows, cols), stride=conv.stride,
+                                              padding=conv.padding)
+    weight = conv.weight.detach().float()
+    scales = weight.abs().amax(dim=(1, 2, 3)).clamp(min=1e-12) / 127.0
+    qweight = torch.quantize_per_channel(weight, scales.double(), torch.zeros(out_channels, dtype=torch.long), 0,
+                                         torch.qint8)
+    module.set_weight_bias(qweight, conv.bias.detach().float())
+    module.scale, module.zero_point = _qparams(value_range)
+    return module
+
+
+class Int8DlibResNet(nn.Module):
+    """dlib's ResNet with int8 convolutions (static quantisation, fbgemm/x86), built from the fp32
+    network and the activation ranges of `calibrate_int8`.
+
+    Every convolution but the stem runs u8 x s8 with per-channel weight scales and a per-tensor
+    activation scale; identity residual additions stay quantized (add_relu); the stem, the four
+    zero-padded additions of the downsampling blocks, the last pool and the fc run in fp32.
+    CPU only (PyTorch's quantized kernels).
+    """
+
+    def __init__(self, model: DlibResNet, ranges: dict[str, list[float]]):
+        super().__init__()
+        import warnings
+
+        from torch.ao.nn.quantized import QFunctional
+
+        # The stem stays fp32: its inputs are 0..255, and on CPUs without VNNI fbgemm's u8 x s8
+        # pair sums saturate int16 there (measured: 16% error in that layer alone).
+        self.stem = model.stem
+        self.stem_qparams = _qparams(ranges["stem"])
+        self.stem_pool_window, self.stem_pool_stride = model.stem_pool_window, model.stem_pool_stride
+        with warnings.catch_warnings():  # PyTorch flags its quantized-tensor API as deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            self.conv1 = nn.ModuleList(_quantized_conv(b.conv1, ranges[f"{i}.conv1"], True)
+                                       for i, b in enumerate(model.blocks))
+            self.conv2 = nn.ModuleList(_quantized_conv(b.conv2, ranges[f"{i}.conv2"], False)
+                                       for i, b in enumerate(model.blocks))
+        self.adds = nn.ModuleList()
+        self.out_qparams = [_qparams(ranges[f"{i}.out"]) for i in range(len(model.blocks))]
+        for scale, zero_point in self.out_qparams:
+            add = QFunctional()
+            add.scale, add.zero_point = scale, zero_point
+            self.adds.append(add)
+        self.downsample = [b.downsample for b in model.blocks]
+        self.pools = [(getattr(b, "pool_window", None), getattr(b, "pool_stride", None)) for b in model.blocks]
+        self.fc_weight = model.fc_weight
+        self.fc_bias = model.fc_bias
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.fc_weight.shape[0]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = max_pool_unpadded(F.relu_(self.stem(images)), self.stem_pool_window, self.stem_pool_stride)
+        x = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last), *self.stem_qparams,
+                                      torch.quint8)
+        for i in range(len(self.conv2)):
+            main = self.conv2[i](self.conv1[i](x))
+            if not self.downsample[i]:
+                x = self.adds[i].add_relu(main, x)
+                continue
+            window, stride = self.pools[i]
+            shortcut = F.avg_pool2d(x.dequantize(), window, stride)
+            total = F.relu_(zero_padded_add(main.dequantize(), shortcut))
+            x = torch.quantize_per_tensor(total, *self.out_qparams[i], torch.quint8)
+        x = x.dequantize().mean(dim=(2, 3))
+        return F.linear(x, self.fc_weight, self.fc_bias)
+
+
+def int8_dlib_resnet(model: DlibResNet) -> Int8DlibResNet:
+    """The int8 network of `model`, with the activation ranges measured on LFW chips."""
+    from .dlib_resnet_int8 import ACTIVATION_RANGES
+
+    return Int8DlibResNet(model, ACTIVATION_RANGES).eval()

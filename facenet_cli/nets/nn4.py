@@ -28,7 +28,7 @@ from torch import nn
 
 from ..align_specs import get_spec
 from ..catalogue import ModelRecord
-from ..errors import DataError, UnknownModel
+from ..errors import UnknownModel
 
 INPUT_SIZE = 96
 # OpenFace's LFW evaluation put the squared-L2 same/different threshold for nn4.small2.v1 near
@@ -233,22 +233,9 @@ def build_nn4(record: ModelRecord, weights_path: str | Path | None = None) -> Fa
     """The network `record.architecture` names, with a checkpoint's `state_dict` when given."""
     model = FaceNetInception(record.architecture, record.embedding_dim)
     if weights_path is not None:
-        try:
-            checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DataError(f"Checkpoint {weights_path} does not exist; give an existing file.") from None
-        except Exception as e:  # pickle, zip and unsafe-global errors all mean "not our checkpoint"
-            raise DataError(f"{weights_path} is not a readable PyTorch checkpoint ({e}).") from None
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise DataError(
-                f"{weights_path} has no 'state_dict'; give a checkpoint written by facenet train.")
-        try:
-            model.load_state_dict(checkpoint["state_dict"])
-        except RuntimeError as e:
-            raise DataError(
-                f"{weights_path} does not hold {record.architecture} weights "
-                f"({str(e).splitlines()[0]})."
-            ) from None
+        from ..checkpoints import load_state_dict
+
+        load_state_dict(weights_path, model, record.architecture)
     return model
 
 

@@ -5,23 +5,21 @@ Images are decoded once into one uint8 NHWC tensor when that fits under a memory
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..align_specs import AlignSpec
+from ..aligned import AlignedFolder
 from ..catalogue import ModelRecord
 from ..errors import BadImage, DataError, SpecMismatch, UsageError
 from ..images import read_rgb
-from ..jobs import SPEC_FILE
-from ..lfw import Pairs, path_key, processed_people, read_pairs
-from ..represent import list_aligned
-from ..reps import Reps, read_reps
+from ..lfw import Pairs, path_key, read_pairs
+from ..reps import read_reps
 
 DEFAULT_CACHE_LIMIT = 4 << 30  # bytes of decoded images kept in memory
 
@@ -30,19 +28,13 @@ def realign_hint(spec: AlignSpec) -> str:
     return f"realign it with `facenet align RAW OUT --landmarks {spec.name} --size {spec.size}`"
 
 
-def check_spec(aligned: Path, record: ModelRecord) -> None:
-    """Refuse a folder whose align-spec.json names another alignment than the network needs."""
-    spec_file = aligned / SPEC_FILE
-    if not spec_file.is_file():
-        raise SpecMismatch(f"{aligned} has no {SPEC_FILE}, so its alignment is unknown; "
-                           f"{realign_hint(record.align)}.")
-    try:
-        spec = AlignSpec.from_dict(json.loads(spec_file.read_text())["spec"])
-    except (ValueError, KeyError, TypeError):
-        raise SpecMismatch(f"{spec_file} is damaged; {realign_hint(record.align)}.") from None
-    if spec != record.align:
-        raise SpecMismatch(f"{aligned} was aligned with {spec.name} at {spec.size} px but {record.architecture} "
-                           f"needs {record.align.name} at {record.align.size} px; {realign_hint(record.align)}.")
+def aligned_folder(aligned: Path, record: ModelRecord, what: str = "aligned folder") -> AlignedFolder:
+    """The aligned folder, refused when missing or aligned for another input than the network's."""
+    if not aligned.is_dir():
+        raise UsageError(f"The {what} {aligned} does not exist; run `facenet align RAW {aligned}` first.")
+    folder = AlignedFolder(aligned)
+    folder.check_for(record, hint=realign_hint(record.align))
+    return folder
 
 
 class ImageStore:
@@ -83,16 +75,6 @@ class TrainingSet:
     skipped_without_teacher: int = 0
 
 
-def list_people(aligned: Path) -> dict[str, list[str]]:
-    """person -> sorted relative image paths of the aligned tree."""
-    by_person: dict[str, list[str]] = {}
-    for rel in list_aligned(aligned):
-        parts = PurePath(rel).parts
-        if len(parts) == 2:  # <person>/<image>; anything else is not a training face
-            by_person.setdefault(parts[0], []).append(rel)
-    return by_person
-
-
 def load_training_set(aligned: str | Path, record: ModelRecord, people_per_batch: int, images_per_person: int,
                       teacher_reps: str | Path | None = None,
                       cache_limit: int = DEFAULT_CACHE_LIMIT) -> TrainingSet:
@@ -103,10 +85,7 @@ def load_training_set(aligned: str | Path, record: ModelRecord, people_per_batch
     distillation target), and the people are counted again after that.
     """
     aligned = Path(aligned)
-    if not aligned.is_dir():
-        raise UsageError(f"The aligned folder {aligned} does not exist; run `facenet align RAW {aligned}` first.")
-    check_spec(aligned, record)
-    by_person = list_people(aligned)
+    by_person = aligned_folder(aligned, record).people()
     teacher_rows: dict[str, np.ndarray] | None = None
     skipped = 0
     if teacher_reps is not None:
@@ -176,7 +155,12 @@ class ValidationSet:
 
 
 def view1_folds(pairs: Pairs, n_folds: int = 10) -> np.ndarray:
-    """Ten folds over a View 1 file: each holds a tenth of its matched and of its mismatched pairs."""
+    """Ten folds over a View 1 file: each holds a tenth of its matched and of its mismatched pairs.
+
+    A small file gets fewer folds, at most as many as it has pairs of the rarer kind (at least 2),
+    so that no fold is empty: an empty fold's accuracy is the mean of nothing (nan)."""
+    rarer = min(int(np.count_nonzero(pairs.same)), int(np.count_nonzero(~pairs.same)))
+    n_folds = max(2, min(n_folds, rarer))
     folds = np.zeros(len(pairs), dtype=np.int64)
     for same in (True, False):
         rows = np.flatnonzero(pairs.same == same)
@@ -187,24 +171,21 @@ def view1_folds(pairs: Pairs, n_folds: int = 10) -> np.ndarray:
 def load_validation_set(pairs_file: str | Path, aligned: str | Path, record: ModelRecord,
                         train_pairs_file: str | Path | None = None) -> ValidationSet:
     aligned = Path(aligned)
-    if not aligned.is_dir():
-        raise UsageError(f"The validation folder {aligned} does not exist; align the pairs' LFW images into it first.")
-    check_spec(aligned, record)
+    folder = aligned_folder(aligned, record, "validation folder")
     test = read_pairs(pairs_file)
     train = read_pairs(train_pairs_file) if train_pairs_file is not None else None
     wanted = set()
     for p in (test, train) if train is not None else (test,):
         keys1, keys2 = p.keys()
         wanted |= set(keys1) | set(keys2)
-    found = {path_key(rel): rel for rel in list_aligned(aligned)}
+    found = {path_key(rel): rel for rel in folder.images()}
     keys = sorted(k for k in wanted if k in found)
     if not keys:
         raise DataError(f"{aligned} holds none of the images of {test.path.name}; align those LFW images into it.")
     pair_people = {name for p in (test, train) if p is not None for name in p.name1 + p.name2}
     # A person aligned without any face found is a wrong answer, like lfw-roc counts it;
     # a person never aligned means the wrong folder, found now rather than after an epoch.
-    aligned_people = {k.split("/", 1)[0] for k in keys} | processed_people(
-        Reps(paths=[], labels=np.zeros(0, dtype=np.int64), embeddings=np.zeros((0, 0)), meta={"aligned": str(aligned)}))
+    aligned_people = {k.split("/", 1)[0] for k in keys} | folder.processed_people()
     absent = sorted(pair_people - aligned_people)
     if absent:
         raise DataError(f"{len(absent)} people of the validation pairs (e.g. {absent[0]}) have no image in {aligned}; "
@@ -215,6 +196,7 @@ def load_validation_set(pairs_file: str | Path, aligned: str | Path, record: Mod
     elif test.view == 2:
         folds, protocol = test.fold, f"{test.n_folds}-fold cross-validation on {test.path.name}"
     else:
-        folds, protocol = view1_folds(test), f"10-fold cross-validation on {test.path.name}"
+        folds = view1_folds(test)
+        protocol = f"{int(folds.max()) + 1}-fold cross-validation on {test.path.name}"
     return ValidationSet(ImageStore(aligned, [found[k] for k in keys], record.align.size), keys, test, train,
                          folds, protocol)

@@ -10,25 +10,29 @@ optimizer state and the history, so `resume` replays the remaining epochs exactl
 uninterrupted run would (bit for bit on the CPU).
 
 WORKDIR gets, every epoch: `checkpoint-epochNNN.pt` (record + weights, usable as --model),
-`last.pt` (the same plus everything needed to resume), `loss.csv` and `loss.png`.
+`loss.csv`, `loss.png`, and last `last.pt` (the same plus everything needed to resume). All are
+written atomically (facenet_cli/checkpoints.py, facenet_cli/atomic.py), and `last.pt` is written
+last: it is the commit point of an epoch, so a run killed anywhere resumes from the last epoch
+whose files are all complete, and a full disk leaves the previous `last.pt` as it was.
 """
 from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ..atomic import remove_stale_temps, write_text_atomic
 from ..catalogue import ModelRecord
+from ..checkpoints import MODEL_KEYS, RESUME_KEYS, load_checkpoint, save_checkpoint
 from ..embed import pick_device
-from ..errors import DataError, UsageError
+from ..errors import DataError, UsageError, write_error
 from ..lfw import PairDistances, evaluate_distances, pair_distances
 from ..nets.nn4 import ARCHITECTURE_NAMES, FaceNetInception, default_record
 from ..reps import Reps
@@ -75,14 +79,24 @@ class TrainConfig:
     val_train_pairs: str | None = None
     val_aligned: str | None = None
 
+    def __post_init__(self) -> None:
+        # The CLI's enums (choices.Device, Miner, ...) and paths become the plain values a
+        # checkpoint stores: weights_only loading refuses any other type.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Enum):
+                setattr(self, f.name, value.value)
+            elif isinstance(value, Path):
+                setattr(self, f.name, str(value))
+
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}.")
         if self.miner not in MINERS:
             raise UsageError(f"--miner must be one of {', '.join(MINERS)}, not {self.miner!r}.")
         if self.architecture is not None and self.architecture not in ARCHITECTURE_NAMES:
-            raise UsageError(f"--model must be one of {', '.join(ARCHITECTURE_NAMES)} (an architecture to train), "
-                             f"not {self.architecture!r}; use --init to start from trained weights.")
+            raise UsageError(f"--arch must be one of {', '.join(ARCHITECTURE_NAMES)}, not {self.architecture!r}; "
+                             "use --init to start from trained weights.")
         if self.epochs < 0 or (self.batches_per_epoch is not None and self.batches_per_epoch < 1):
             raise UsageError("--epochs must be 0 or more and --batches-per-epoch at least 1.")
         if not (self.lr > 0 and self.alpha >= 0 and self.distill_weight >= 0 and self.triplet_weight >= 0):
@@ -131,6 +145,22 @@ class TrainReport:
     val_protocol: str | None
     seconds: float
     checkpoint: Path | None = None
+    epochs_run: int = 0  # epochs trained by this call (a resume continues an earlier count)
+
+    def to_dict(self) -> dict:
+        """What `facenet train --json` prints."""
+        last = self.history[-1] if self.history else None
+        return {
+            "out": str(self.out), "model": self.record.name, "architecture": self.record.architecture,
+            "epochs": last.epoch if last else 0, "epochs_this_run": self.epochs_run,
+            "seconds": round(self.seconds, 3), "images": self.images, "people": self.people,
+            "final_loss": last.loss if last else None,
+            "val_accuracy": last.val_accuracy if last else None, "val_protocol": self.val_protocol,
+            "threshold": self.record.threshold, "skipped_without_teacher": self.skipped_without_teacher,
+            "last": str(self.out / LAST), "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "loss_csv": str(self.out / LOSS_CSV), "loss_png": str(self.out / LOSS_PNG),
+            "history": [asdict(row) for row in self.history],
+        }
 
 
 @dataclass
@@ -156,7 +186,7 @@ def start_record(config: TrainConfig) -> tuple[ModelRecord, dict | None]:
     """The architecture's record and, with --init, the weights to start from."""
     if config.init is None:
         return default_record(config.architecture or "nn4.small2"), None
-    from ..hub import load_checkpoint, resolve_model
+    from ..hub import resolve_model, weights_path
 
     record = resolve_model(config.init)
     if record.architecture not in ARCHITECTURE_NAMES:
@@ -164,8 +194,8 @@ def start_record(config: TrainConfig) -> tuple[ModelRecord, dict | None]:
                          f"start from an nn4-family checkpoint ({', '.join(ARCHITECTURE_NAMES)}).")
     if config.architecture is not None and config.architecture != record.architecture:
         raise UsageError(f"--init {config.init} holds a {record.architecture} network, not {config.architecture}; "
-                         f"drop --model or pass --model {record.architecture}.")
-    state = load_checkpoint(record.weights.path)["state_dict"]
+                         f"drop --arch or pass --arch {record.architecture}.")
+    state = load_checkpoint(weights_path(record), keys=("state_dict",))["state_dict"]
     base = default_record(record.architecture, record.embedding_dim)
     return replace(base, align=record.align), state
 
@@ -187,30 +217,6 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 # ---------------------------------------------------------------- checkpoints and logs
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save into a temporary file beside `path`, then rename: never half a checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_loss_csv(path: Path, history: list[EpochRow]) -> None:
@@ -372,23 +378,27 @@ class Trainer:
         return epoch_record(self.base, self.config, self.epoch, last.val_threshold if last else None, lfw)
 
     def save(self) -> Path:
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, self.out) from None
         record = self.record().to_dict()
         weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
-        # last.pt first: once checkpoint-epochNNN.pt exists, a resume starts after epoch NNN.
-        save_atomic({"record": record, "state_dict": weights, "epoch": self.epoch,
-                     "optimizer": self.optimizer.state_dict(), "rng": rng, "config": asdict(self.config),
-                     "history": [asdict(r) for r in self.history]}, self.out / LAST)
-        path = self.out / f"checkpoint-epoch{self.epoch:03d}.pt"
-        save_atomic({"record": record, "state_dict": weights, "epoch": self.epoch}, path)
+        # last.pt goes last: it says which epoch is done, so everything it stands for must be
+        # on disk before it; a crash in between only redoes that epoch's files.
+        epoch_checkpoint = {"record": record, "state_dict": weights, "epoch": self.epoch}
+        path = save_checkpoint(self.out / f"checkpoint-epoch{self.epoch:03d}.pt", epoch_checkpoint)
         write_loss_csv(self.out / LOSS_CSV, self.history)
         if self.history:
             from ..plots import plot_training  # matplotlib only when there is something to draw
 
             plot_training(self.history, [self.out / LOSS_PNG])
+        save_checkpoint(self.out / LAST, {**epoch_checkpoint, "optimizer": self.optimizer.state_dict(), "rng": rng,
+                                          "config": asdict(self.config),
+                                          "history": [asdict(r) for r in self.history]})
         return path
 
     # -- the run
@@ -396,6 +406,8 @@ class Trainer:
     def run(self) -> TrainReport:
         cfg = self.config
         started = time.perf_counter()
+        first_epoch = self.epoch
+        remove_stale_temps(self.out, recursive=False)  # what a killed run was writing
         if self.callbacks.on_start:
             self.callbacks.on_start(len(self.data.images), len(self.data.people), self.epoch + 1)
         checkpoint = None
@@ -415,7 +427,8 @@ class Trainer:
                            skipped_without_teacher=self.data.skipped_without_teacher,
                            val_protocol=self.val.protocol if self.val else None,
                            seconds=time.perf_counter() - started,
-                           checkpoint=checkpoint or self.out / f"checkpoint-epoch{self.epoch:03d}.pt")
+                           checkpoint=checkpoint or self.out / f"checkpoint-epoch{self.epoch:03d}.pt",
+                           epochs_run=self.epoch - first_epoch)
 
 
 def train(config: TrainConfig, callbacks: Callbacks | None = None,
@@ -424,29 +437,39 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None,
     out = Path(config.out)
     if (out / LAST).exists():
         raise UsageError(f"{out} already holds a training run; resume it with `facenet train --resume {out}` "
-                         "or choose another --out.")
+                         "or give another OUT folder.")
     return Trainer(config, callbacks, cache_limit).run()
 
 
-def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None = None,
-           callbacks: Callbacks | None = None, cache_limit: int = DEFAULT_CACHE_LIMIT) -> TrainReport:
-    """Continue the run in WORKDIR from its last checkpoint, up to `epochs` (default: as configured)."""
-    from ..hub import load_checkpoint
+# What `resume` may change in a stopped run; everything else comes from its last.pt, since
+# another value would no longer continue the same run.
+RESUME_OPTIONS = ("epochs", "minutes", "device")
 
+
+def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None = None,
+           callbacks: Callbacks | None = None, cache_limit: int = DEFAULT_CACHE_LIMIT,
+           device: str | None = None) -> TrainReport:
+    """Continue the run in WORKDIR from its last complete epoch, up to `epochs` (default: as configured).
+
+    Only the total of epochs, the time budget and the device may change; on the same device
+    with the same thread count the result is bit-identical to an uninterrupted run.
+    """
     workdir = Path(workdir)
     if not (workdir / LAST).is_file():
-        raise UsageError(f"{workdir} holds no {LAST}; give the --out folder of an earlier `facenet train` run.")
-    checkpoint = load_checkpoint(workdir / LAST)
-    if "config" not in checkpoint or "optimizer" not in checkpoint:
-        raise UsageError(f"{workdir / LAST} lacks the training state needed to resume; start a new run with --init.")
+        raise UsageError(f"{workdir} holds no {LAST}; give the OUT folder of an earlier `facenet train` run.")
+    try:
+        checkpoint = load_checkpoint(workdir / LAST, keys=MODEL_KEYS + RESUME_KEYS)
+    except DataError as exc:
+        raise DataError(f"{exc} (Cannot resume: the earlier epochs' checkpoint-epochNNN.pt files in {workdir} "
+                        "still work as --model or --init.)") from None
     known = TrainConfig.__dataclass_fields__
     config = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
     config = replace(config, out=str(workdir), epochs=epochs if epochs is not None else config.epochs,
-                     minutes=minutes)
+                     minutes=minutes, device=device if device is not None else config.device)
     trainer = Trainer(config, callbacks, cache_limit)
     trainer.restore(checkpoint)
     return trainer.run()
 
 
-__all__ = ["BatchStats", "Callbacks", "EpochRow", "TrainConfig", "TrainReport", "Trainer", "batch_seed",
-           "resume", "train"]
+__all__ = ["BatchStats", "Callbacks", "EpochRow", "RESUME_OPTIONS", "TrainConfig", "TrainReport", "Trainer",
+           "batch_seed", "resume", "train"]

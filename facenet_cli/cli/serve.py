@@ -1,0 +1,56 @@
+"""`facenet serve [GALLERY]`: the real-time web demo (camera in the browser, names from the gallery)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..choices import Device
+from ._app import DeviceOption, command, console, err_console
+
+DEFAULT_GALLERY = Path("people.gallery")
+
+
+@command
+def serve_command(
+    gallery: Annotated[Path, typer.Argument(
+        help="The gallery file (created when missing; `facenet gallery add` and `facenet identify` use the same "
+        "file).", dir_okay=False)] = DEFAULT_GALLERY,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on. 127.0.0.1 (the default) is this machine only; any other address "
+        "requires a token on every request.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="A catalogue name or checkpoint; must be the gallery's own model (the default), or any "
+        "model for a new gallery (default dlib-resnet.v1).", show_default=False)] = None,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", help="Require this token on every request and socket (generated when --host is not a "
+        "loopback address and none is given).", show_default=False)] = None,
+    far: Annotated[Optional[float], typer.Option(
+        "--far", help="The share of strangers accepted being named (the unknown gate of `facenet identify`).",
+        show_default=False)] = None,
+    detect_width: Annotated[int, typer.Option(
+        "--detect-width", min=80, help="Live frames are searched for faces at this width (smaller is faster; "
+        "faces must be about a quarter of the frame width at 320).")] = 320,
+    enrol_frames: Annotated[int, typer.Option(
+        "--enrol-frames", min=1, max=100, help="Frames enrolled when a person is added from the camera.")] = 10,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, max=16, help="Frames processed at once over all browser tabs.")] = 1,
+    device: DeviceOption = Device.auto,
+) -> None:
+    """Serve the live demo: the page streams the camera, the server names every face (or says unknown).
+
+    Example: facenet serve people.gallery  (then open the printed URL; API docs at /docs)
+    """
+    import secrets
+
+    from ..serve import run_server
+    from ..serve.app import is_loopback
+
+    if token is None and not is_loopback(host):
+        token = secrets.token_urlsafe(24)
+    run_server(gallery, host=host, port=port, model=model, token=token, far=far, detect_width=detect_width,
+               enrol_frames=enrol_frames, workers=workers, device=device.value,
+               on_ready=lambda url: (console.print(f"facenet serve: open {url}", markup=False, highlight=False),
+                                     err_console.print("API documentation at /docs; Ctrl-C stops.", markup=False)))

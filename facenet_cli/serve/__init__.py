@@ -1,0 +1,78 @@
+"""`facenet serve`: the real-time web demo and its HTTP API (FastAPI on uvicorn).
+
+    from facenet_cli.serve import Engine, create_app
+    app = create_app(Engine("people.gallery"))   # then: uvicorn.run(app, host="127.0.0.1")
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+
+def __getattr__(name: str):
+    if name == "Engine":
+        from .engine import Engine
+        return Engine
+    if name in ("create_app", "ServeConfig"):
+        from . import app
+        return getattr(app, name)
+    raise AttributeError(f"module 'facenet_cli.serve' has no attribute {name!r}")
+
+
+def page_url(host: str, port: int, token: str | None) -> str:
+    import socket
+
+    shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        shown = socket.gethostname()  # a wildcard is no address to open; this machine's name is
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
+def run_server(gallery: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
+               token: str | None = None, far: float | None = None, detect_width: int = 320,
+               enrol_frames: int = 10, workers: int = 1, device: str = "auto",
+               on_ready: Callable[[str], None] | None = None) -> None:
+    """Load the models once, then serve until interrupted. A token is required when bound to
+    another address than loopback (the caller generates one)."""
+    import socket
+
+    import uvicorn
+
+    from ..errors import UsageError
+    from .app import ServeConfig, create_app, is_loopback
+    from .engine import Engine
+
+    if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,200}", token):
+        raise UsageError("--token must be 8 to 200 letters, digits or . _ ~ - (it travels in the URL).")
+    if not is_loopback(host) and not token:
+        raise UsageError(f"Serving on {host} needs a token (--token); only 127.0.0.1 may go without.")
+    _limit_threads(workers)
+    engine = Engine(Path(gallery), model=model, device=device, far=far, detect_width=detect_width,
+                    enrol_frames=enrol_frames)
+    config = ServeConfig(token=token, workers=workers)
+    app = create_app(engine, config)
+    # Bind first, so that a port in use is one sentence and the URL printed is the real one.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host.") from None
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=config.max_frame_bytes + 1024,
+                                           timeout_graceful_shutdown=2))
+    if on_ready:
+        on_ready(page_url(host, port, token))
+    server.run(sockets=[sock])
+
+
+def _limit_threads(workers: int) -> None:
+    """Workers share the cores: PyTorch's intra-op threads per worker so they do not oversubscribe."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // max(1, workers)))

@@ -1,0 +1,318 @@
+"""The gallery: real LFW faces enrolled, round trips, refusals, two writers at once."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import copy_people
+
+ROOT = Path(__file__).resolve().parents[1]
+PEOPLE = {"Colin_Powell": 3, "Tony_Blair": 3, "Serena_Williams": 2}
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def known(lfw_images, tmp_path_factory) -> Path:
+    return copy_people(lfw_images, tmp_path_factory.mktemp("known") / "known", PEOPLE)
+
+
+@pytest.fixture(scope="module")
+def enrolled(known, tmp_path_factory, run_cli_module):
+    """A gallery of the three people, made once through the CLI."""
+    path = tmp_path_factory.mktemp("gallery") / "people.gallery"
+    result = run_cli_module("gallery", "add", path, known, "--json")
+    assert result.exit_code == 0, result.stderr
+    return path, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def run_cli_module():
+    from typer.testing import CliRunner
+
+    from facenet_cli.cli import app
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+def test_add_known_folder_enrols_one_face_per_photo(enrolled):
+    path, report = enrolled
+    assert report["inputs"] == sum(PEOPLE.values())
+    assert report["counts"]["added"] == sum(PEOPLE.values())
+    assert sum(report["counts"].values()) == report["inputs"]
+    from facenet_cli import Gallery
+
+    with Gallery(path) as gallery:
+        assert dict(gallery.people()) == PEOPLE
+        model = gallery.model
+        assert model.name == "dlib-resnet.v1" and model.flip and model.dim == 128
+        enrolment = gallery.enrolment()
+        faces = gallery.faces()
+    # Unit vectors, each face's box inside its 250x250 LFW photo.
+    assert np.allclose(np.linalg.norm(enrolment.embeddings, axis=1), 1.0, atol=1e-5)
+    assert all(0 <= f.box[0] < f.box[2] <= 250 and 0 <= f.box[1] < f.box[3] <= 250 for f in faces)
+    # Two photos of one person are nearer each other than photos of two people.
+    e, names = enrolment.embeddings, [enrolment.names[i] for i in enrolment.person_index]
+    same = [np.sum((e[i] - e[j]) ** 2) for i in range(len(e)) for j in range(i) if names[i] == names[j]]
+    other = [np.sum((e[i] - e[j]) ** 2) for i in range(len(e)) for j in range(i) if names[i] != names[j]]
+    assert max(same) < min(other)
+
+
+def test_adding_again_embeds_nothing_and_refuses_the_same_image(enrolled, known, tmp_path, run_cli, monkeypatch):
+    path, _ = enrolled
+    copy = tmp_path / "copy.gallery"
+    shutil.copy(path, copy)
+    # The same image under another person's name and file name is still the same image.
+    (tmp_path / "again" / "Someone_Else").mkdir(parents=True)
+    shutil.copy(next((known / "Tony_Blair").iterdir()), tmp_path / "again" / "Someone_Else" / "renamed.jpg")
+    from facenet_cli import embed
+
+    calls = []
+    original = embed.Embedder.embed
+    monkeypatch.setattr(embed.Embedder, "embed", lambda self, images, raw=False: calls.append(len(images)) or
+                        original(self, images, raw))
+    result = run_cli("gallery", "add", copy, known, tmp_path / "again", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["counts"]["already-in"] == sum(PEOPLE.values()) + 1 and report["counts"]["added"] == 0
+    assert calls == []  # nothing was embedded again
+    from facenet_cli import Gallery
+
+    with Gallery(copy) as gallery:
+        assert dict(gallery.people()) == PEOPLE
+
+
+def test_list_json_and_table(enrolled, run_cli):
+    path, _ = enrolled
+    listed = run_cli("gallery", "list", path, "--json", "--faces")
+    assert listed.exit_code == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    assert {p["name"]: p["faces"] for p in data["people"]} == PEOPLE
+    assert data["total_faces"] == len(data["faces"]) == sum(PEOPLE.values())
+    table = run_cli("gallery", "list", path)
+    assert table.exit_code == 0 and "Serena_Williams" in table.stdout and "3 people, 8 faces" in table.stdout
+
+
+def test_remove_move_and_export_round_trip(enrolled, tmp_path, run_cli):
+    path = tmp_path / "edit.gallery"
+    shutil.copy(enrolled[0], path)
+    from facenet_cli import Gallery
+
+    with Gallery(path) as gallery:
+        blair_face = gallery.faces("Tony_Blair")[0].id
+        before = gallery.enrolment()
+    moved = run_cli("gallery", "move", path, blair_face, "Zoe\u0308 Blair", "--json")  # NFD in, NFC stored
+    assert moved.exit_code == 0, moved.stderr
+    assert json.loads(moved.stdout) == {"face_id": blair_face, "from": "Tony_Blair", "to": "Zo\u00eb Blair"}
+    removed = run_cli("gallery", "remove", path, "Serena_Williams", "--json")
+    assert removed.exit_code == 0 and json.loads(removed.stdout)["removed_faces"] == 2
+    with Gallery(path) as gallery:
+        assert dict(gallery.people()) == {"Colin_Powell": 3, "Tony_Blair": 2, "Zo\u00eb Blair": 1}
+        after = gallery.enrolment()
+    # Nothing else changed: every remaining face keeps its embedding bit for bit.
+    old = {int(i): v for i, v in zip(before.face_ids, before.embeddings)}
+    assert all(np.array_equal(old[int(i)], v) for i, v in zip(after.face_ids, after.embeddings))
+
+    exported = run_cli("gallery", "export", path, tmp_path / "reps")
+    assert exported.exit_code == 0, exported.stderr
+    from facenet_cli.reps import read_reps
+
+    reps = read_reps(tmp_path / "reps")
+    assert sorted(set(reps.people)) == ["Colin_Powell", "Tony_Blair", "Zo\u00eb Blair"]
+    assert (tmp_path / "reps" / "reps.csv").read_text().count("\n") == 6
+    # ... and a gallery made from the export holds the same people and the same vectors.
+    back = run_cli("gallery", "add", tmp_path / "back.gallery", tmp_path / "reps", "--json")
+    assert back.exit_code == 0, back.stderr
+    assert json.loads(back.stdout)["counts"]["added"] == 6
+    with Gallery(tmp_path / "back.gallery") as gallery:
+        assert dict(gallery.people()) == {"Colin_Powell": 3, "Tony_Blair": 2, "Zo\u00eb Blair": 1}
+        again = gallery.enrolment()
+        assert gallery.model.flip
+    key = lambda e: sorted(map(bytes, (v.tobytes() for v in e.embeddings)))  # noqa: E731
+    assert key(again) == key(after)
+    # Removing a single face by id, then a face id that is not there.
+    gone = run_cli("gallery", "remove", path, str(blair_face), "--json")
+    assert gone.exit_code == 0 and json.loads(gone.stdout)["person"] == "Zo\u00eb Blair"
+    missing = run_cli("gallery", "remove", path, str(blair_face))
+    assert missing.exit_code == 2 and f"No face with id {blair_face}" in error_line(missing.stderr)
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("a/b", "slash"), ("..", "'..'"), ("x\ny", "control character"), ("  ", "empty"), ("Unknown", "unknown"),
+])
+def test_bad_names_are_refused_with_one_sentence(known, tmp_path, run_cli, name, fragment):
+    photo = next((known / "Colin_Powell").iterdir())
+    result = run_cli("gallery", "add", tmp_path / "g.gallery", "--name", name, photo)
+    assert result.exit_code == 2
+    assert fragment in error_line(result.stderr)
+
+
+def test_photo_outcomes_no_face_several_faces_unreadable(examples_dir, known, lfw_images, tmp_path, run_cli):
+    from PIL import Image
+
+    folder = tmp_path / "known"
+    (folder / "Eva_Longoria").mkdir(parents=True)
+    (folder / "Nobody").mkdir()
+    (folder / "unknown").mkdir()  # cluster's "unknown" group must not become a person
+    shutil.copy(examples_dir / "longoria-cooper.jpg", folder / "Eva_Longoria" / "pair.jpg")
+    shutil.copy(examples_dir / "adams.jpg", folder / "unknown" / "adams.jpg")
+    # A real photo's background, scaled up: no face in it.
+    with Image.open(lfw_images / "Colin_Powell" / "Colin_Powell_0001.jpg") as image:
+        image.crop((0, 0, 60, 60)).resize((240, 240)).save(folder / "Nobody" / "wall.jpg")
+    (folder / "Nobody" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    gallery = tmp_path / "g.gallery"
+    result = run_cli("gallery", "add", gallery, folder, "--json")
+    assert result.exit_code == 1, result.stdout  # nothing could be added at all
+    report = json.loads(result.stdout)
+    status = {Path(o["input"]).name: o["status"] for o in report["outcomes"]}
+    assert status == {"pair.jpg": "multiple-faces", "wall.jpg": "no-face", "broken.jpg": "unreadable",
+                      "adams.jpg": "bad-name"}
+    assert "none enrolled" in next(o["detail"] for o in report["outcomes"] if o["status"] == "multiple-faces")
+    assert "nothing could be added" in result.stderr.lower() or "No face could be added" in result.stderr
+    # With --faces largest, one of the two faces is enrolled.
+    largest = run_cli("gallery", "add", gallery, "--name", "Eva_Longoria", folder / "Eva_Longoria" / "pair.jpg",
+                      "--faces", "largest", "--json")
+    assert largest.exit_code == 0 and json.loads(largest.stdout)["counts"]["added"] == 1
+
+
+def test_refuses_another_model_or_flip_setting(enrolled, tmp_path, run_cli, known):
+    path, _ = enrolled
+    copy = tmp_path / "g.gallery"
+    shutil.copy(path, copy)
+    photo = next((known / "Colin_Powell").iterdir())
+    no_flip = run_cli("gallery", "add", copy, "--name", "X", photo, "--no-flip")
+    assert no_flip.exit_code == 1 and "--flip" in error_line(no_flip.stderr)
+    # A represent output of another model (OpenFace's alignment and weights) is refused.
+    run_cli("gallery", "export", copy, tmp_path / "reps")
+    meta = json.loads((tmp_path / "reps" / "meta.json").read_text())
+    from facenet_cli.align_specs import get_spec
+
+    meta["model"] = dict(meta["model"], name="nn4.small2.v1", align=get_spec("outerEyesAndNose").to_dict(),
+                         weights={"filename": "nn4.small2.v1.t7", "sha256": "0" * 64})
+    (tmp_path / "reps" / "meta.json").write_text(json.dumps(meta))
+    other = run_cli("gallery", "add", tmp_path / "fresh.gallery", tmp_path / "reps")
+    assert other.exit_code == 0  # a new gallery takes that model...
+    into = run_cli("gallery", "add", copy, tmp_path / "reps")
+    assert into.exit_code == 1 and "outerEyesAndNose" in error_line(into.stderr)  # ...this one refuses it
+    from facenet_cli import Gallery
+
+    with Gallery(copy) as gallery:
+        assert dict(gallery.people()) == PEOPLE  # nothing lost
+
+
+def test_corrupt_foreign_and_locked_files(enrolled, tmp_path, run_cli):
+    garbage = tmp_path / "garbage.gallery"
+    garbage.write_bytes(os.urandom(4096))
+    result = run_cli("gallery", "list", garbage)
+    assert result.exit_code == 1 and "not a readable gallery" in error_line(result.stderr)
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE songs (title TEXT)")
+    result = run_cli("gallery", "add", foreign, "--name", "X", garbage)
+    assert result.exit_code == 1 and "not a facenet gallery" in error_line(result.stderr)
+    missing = run_cli("gallery", "list", tmp_path / "nope.gallery")
+    assert missing.exit_code == 2 and "No gallery at" in error_line(missing.stderr)
+
+    from facenet_cli import Gallery
+    from facenet_cli.errors import FacenetError
+
+    locked = tmp_path / "locked.gallery"
+    shutil.copy(enrolled[0], locked)
+    holder = sqlite3.connect(locked, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with Gallery(locked, timeout=0.2) as gallery:
+            with pytest.raises(FacenetError, match="locked by another program"):
+                gallery.remove_person("Colin_Powell")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with Gallery(locked) as gallery:
+        assert dict(gallery.people()) == PEOPLE
+
+
+def test_two_processes_adding_at_once_both_land(known, tmp_path):
+    """Two `facenet gallery add` runs on one new gallery at the same moment, one person each,
+    plus one photo that both add: every face lands once."""
+    gallery = tmp_path / "shared.gallery"
+    shared = next((known / "Colin_Powell").iterdir())
+    runs = []
+    for person in ("Tony_Blair", "Serena_Williams"):
+        photos = sorted((known / person).iterdir())
+        runs.append(subprocess.Popen(
+            [sys.executable, "-m", "facenet_cli", "gallery", "add", str(gallery), "--name", person, *map(str, photos),
+             "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    runs.append(subprocess.Popen(
+        [sys.executable, "-m", "facenet_cli", "gallery", "add", str(gallery), "--name", "Colin_Powell", str(shared),
+         "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [err for _, err in outputs]
+    from facenet_cli import Gallery
+
+    with Gallery(gallery) as g:
+        assert dict(g.people()) == {"Tony_Blair": 3, "Serena_Williams": 2, "Colin_Powell": 1}
+        assert len({f.image_sha256 for f in g.faces()}) == 6
+
+
+def test_python_api_names(enrolled):
+    from facenet_cli import Gallery
+    from facenet_cli.gallery import name_problem, normalise_name
+
+    assert normalise_name("Jose\u0301") == unicodedata.normalize("NFC", "Jos\u00e9")
+    assert name_problem("Ren\u00e9e O'Hara-Smith") is None
+    with Gallery(enrolled[0]) as gallery:
+        assert len(gallery) == sum(PEOPLE.values())
+
+
+def test_killed_add_keeps_what_landed_and_a_rerun_finishes(known, tmp_path):
+    """kill -9 in the middle of `gallery add`: the gallery stays readable with every face that
+    landed, and the same command run again adds the rest without embedding those again."""
+    import signal
+    import time
+
+    gallery = tmp_path / "killed.gallery"
+    command = [sys.executable, "-m", "facenet_cli", "gallery", "add", str(gallery), str(known), "--json"]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    landed = 0
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and run.poll() is None:
+        if gallery.exists():
+            try:
+                with sqlite3.connect(gallery, timeout=5) as db:
+                    landed = db.execute("SELECT count(*) FROM faces").fetchone()[0]
+            except sqlite3.OperationalError:
+                landed = 0  # the schema is being made
+        if landed >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert 2 <= landed < sum(PEOPLE.values()), "the run was not caught in the middle"
+    with sqlite3.connect(gallery) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    from facenet_cli import Gallery
+
+    with Gallery(gallery) as g:
+        before = len(g)
+    assert before >= landed
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout)["counts"]
+    assert counts["already-in"] == before and counts["added"] == sum(PEOPLE.values()) - before
+    with Gallery(gallery) as g:
+        assert dict(g.people()) == PEOPLE
