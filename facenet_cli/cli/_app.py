@@ -73,13 +73,8 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
     raise typer.Exit(code)
 
 
-def command(fn: Callable | None = None, **settings) -> Callable:
-    """Register a command whose library errors become `Error: ...` and their exit code.
-
-    `settings` go to Typer's `app.command` (e.g. context_settings), as `@command(...)`.
-    """
-    if fn is None:
-        return lambda f: command(f, **settings)
+def guarded(fn: Callable, interrupted: str = "interrupted; rerun the same command to resume.") -> Callable:
+    """`fn` with the library's errors turned into `Error: <sentence>` and their exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -93,10 +88,20 @@ def command(fn: Callable | None = None, **settings) -> Callable:
                      "(finished outputs are kept).", EXIT_FAILURE)
             raise
         except KeyboardInterrupt:
-            fail("interrupted; rerun the same command to resume.", EXIT_INTERRUPTED)
+            fail(interrupted, EXIT_INTERRUPTED)
 
+    return wrapper
+
+
+def command(fn: Callable | None = None, **settings) -> Callable:
+    """Register a command whose library errors become `Error: ...` and their exit code.
+
+    `settings` go to Typer's `app.command` (e.g. context_settings), as `@command(...)`.
+    """
+    if fn is None:
+        return lambda f: command(f, **settings)
     name = fn.__name__.replace("_command", "").replace("_", "-")
-    return app.command(name, **settings)(wrapper)
+    return app.command(name, **settings)(guarded(fn))
 
 
 def print_json(value: Any) -> None:

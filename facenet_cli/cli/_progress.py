@@ -1,5 +1,8 @@
-"""Rich progress bars shared by the long-running commands."""
+"""Rich progress bars shared by the long-running commands (on stderr: stdout stays clean for
+tables and --json)."""
 from __future__ import annotations
+
+import time
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -8,9 +11,48 @@ from ._app import err_console
 
 
 def progress_bar() -> Progress:
-    # On stderr so that stdout stays clean for tables and --json.
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
         console=err_console, transient=False,
     )
+
+
+class CountingProgress:
+    """A bar that appears only when the work starts, so a usage error found first stays one line
+    on stderr, and counts items at a rate. Hand `on_start(total)` and `on_advance(count)` to a
+    library job; use it as a context manager.
+
+        with CountingProgress("Aligning", "entries/s") as bar:
+            align_tree(raw, out, job, on_start=bar.on_start, on_outcome=lambda _: bar.on_advance())
+    """
+
+    def __init__(self, description: str, unit: str = "/s"):
+        self.description, self.unit = description, unit
+        self._progress = progress_bar()
+        self._task = None
+        self._done = 0
+        self._started = time.perf_counter()
+
+    def on_start(self, total: int | None) -> None:
+        if self._task is None:
+            self._progress.start()
+            self._started = time.perf_counter()
+            self._task = self._progress.add_task(self.description, total=total, rate="")
+        else:
+            self._progress.update(self._task, total=total)
+
+    def on_advance(self, count: int = 1) -> None:
+        if self._task is None:
+            self.on_start(None)
+        self._done += count
+        rate = self._done / max(time.perf_counter() - self._started, 1e-9)
+        self._progress.update(self._task, completed=self._done, rate=f"{rate:.1f} {self.unit}")
+
+    def __enter__(self) -> "CountingProgress":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._task is not None:  # stopping a bar never shown would still print a blank line
+            self._progress.stop()
+        return False

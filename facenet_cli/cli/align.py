@@ -1,7 +1,6 @@
 """`facenet align RAW OUT`: detect, landmark and warp every face of a photo tree."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -87,29 +86,11 @@ def run_with_progress(raw: Path, out: Path, job: "AlignJob", workers: int) -> "A
     """`align_tree` with a progress bar on stderr, shown once the folders are checked (a usage
     error stays one line)."""
     from ..jobs import align_tree
-    from ._progress import progress_bar
+    from ._progress import CountingProgress
 
-    progress = progress_bar()
-    task = progress.add_task("Aligning", total=None, rate="")
-    started = time.perf_counter()
-    done = [0]
-    shown = [False]
-
-    def on_start(total: int) -> None:
-        progress.update(task, total=total)
-        progress.start()
-        shown[0] = True
-
-    def on_outcome(outcome) -> None:
-        done[0] += 1
-        rate = done[0] / max(time.perf_counter() - started, 1e-9)
-        progress.update(task, completed=done[0], rate=f"{rate:.1f} entries/s")
-
-    try:
-        return align_tree(raw, out, job, workers, on_outcome=on_outcome, on_start=on_start)
-    finally:
-        if shown[0]:  # stopping a bar never shown would still print a blank line
-            progress.stop()
+    with CountingProgress("Aligning", "entries/s") as bar:
+        return align_tree(raw, out, job, workers, on_outcome=lambda _outcome: bar.on_advance(),
+                          on_start=bar.on_start)
 
 
 def print_summary(report: "AlignReport") -> None:

@@ -1,8 +1,6 @@
 """`facenet gallery add|list|remove|move|export`: the people `facenet identify` knows, in one SQLite file."""
 from __future__ import annotations
 
-import functools
-import time
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -10,9 +8,8 @@ import typer
 from rich.table import Table
 
 from ..choices import DEFAULT_MODEL, Detector, FacePolicy, Fallback, Upsample
-from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, FacenetError, is_disk_full
 from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacenetGroup, FallbackOption, JsonOption, app,
-                   console, fail, print_json)
+                   console, fail, guarded, print_json)
 
 gallery_app = typer.Typer(
     name="gallery", cls=FacenetGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -31,23 +28,8 @@ GalleryFlipOption = Annotated[Optional[bool], typer.Option(
 
 def gallery_command(fn: Callable) -> Callable:
     """Register `facenet gallery NAME` with the same error handling as every other command."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FacenetError as exc:
-            fail(str(exc), exc.exit_code)
-        except OSError as exc:
-            if is_disk_full(exc):
-                fail("The disk is full; free some space and rerun the same command (faces added before are kept).",
-                     EXIT_FAILURE)
-            raise
-        except KeyboardInterrupt:
-            fail("interrupted; the faces added so far are in the gallery, rerun the same command to add the rest.",
-                 EXIT_INTERRUPTED)
-
-    return gallery_app.command(fn.__name__.replace("_command", "").replace("gallery_", ""))(wrapper)
+    return gallery_app.command(fn.__name__.replace("_command", "").replace("gallery_", ""))(
+        guarded(fn, "interrupted; the faces added so far are in the gallery, rerun the same command to add the rest."))
 
 
 @gallery_command
@@ -73,27 +55,13 @@ def gallery_add_command(
     Example: facenet gallery add people.gallery known/   (known/<name>/<photo>; also: --name Ada a.jpg b.jpg)
     """
     from ..gallery import add_to_gallery
-    from ._progress import progress_bar
+    from ._progress import CountingProgress
 
-    # The bar starts with the work, so that a usage error stays one line on stderr.
-    progress, state = progress_bar(), {"done": 0, "started": time.perf_counter()}
-
-    def on_start(total: int) -> None:
-        progress.start()
-        state["task"] = progress.add_task("Adding", total=total, rate="")
-
-    def on_advance(count: int) -> None:
-        state["done"] += count
-        rate = state["done"] / max(time.perf_counter() - state["started"], 1e-9)
-        progress.update(state["task"], advance=count, rate=f"{rate:.1f}/s")
-
-    try:
+    with CountingProgress("Adding", "/s") as bar:
         report = add_to_gallery(gallery, [str(p) for p in inputs], name=name, model=model, flip=flip,
                                 device=device.value, detector=detector.value, upsample=upsample.value,
                                 faces=faces.value, fallback=fallback.value, batch_size=batch_size,
-                                on_start=on_start, on_advance=on_advance)
-    finally:
-        progress.stop()
+                                on_start=bar.on_start, on_advance=bar.on_advance)
     counts = report.counts()
     if as_json:
         print_json(report.to_dict())

@@ -1,7 +1,6 @@
 """`facenet identify GALLERY PHOTO|DIR ...`: who is in these photos, or `unknown`."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -43,26 +42,12 @@ def identify_command(
     Example: facenet identify people.gallery party/ --far 0.001 --top 3
     """
     from ..identification import identify
-    from ._progress import progress_bar
+    from ._progress import CountingProgress
 
-    # The bar starts with the work, so that a usage error stays one line on stderr.
-    progress, state = progress_bar(), {"done": 0, "started": time.perf_counter()}
-
-    def on_start(total: int) -> None:
-        progress.start()
-        state["task"] = progress.add_task("Identifying", total=total, rate="")
-
-    def on_advance(count: int) -> None:
-        state["done"] += count
-        rate = state["done"] / max(time.perf_counter() - state["started"], 1e-9)
-        progress.update(state["task"], advance=count, rate=f"{rate:.1f} photos/s")
-
-    try:
+    with CountingProgress("Identifying", "photos/s") as bar:
         result = identify(gallery, [str(p) for p in photos], method=method.value if method else None, far=far,
                           threshold=threshold, top=top, k=k, device=device.value, detector=detector.value,
-                          upsample=upsample.value, model=model, on_start=on_start, on_advance=on_advance)
-    finally:
-        progress.stop()
+                          upsample=upsample.value, model=model, on_start=bar.on_start, on_advance=bar.on_advance)
     if as_json:
         print_json(result.to_dict())
     elif as_csv:

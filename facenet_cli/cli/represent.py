@@ -1,7 +1,6 @@
 """`facenet represent ALIGNED OUT`: embeddings of an aligned tree in OpenFace's layout."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +45,7 @@ def represent_command(
     Example: facenet represent aligned/ reps/ --batch-size 64
     """
     from ..represent import represent_tree
-    from ._progress import progress_bar
+    from ._progress import CountingProgress
 
     embedder = load_embedder(model, device.value, batch_size, flip, precision=precision.value, tta=tta)
     align_summary = None
@@ -64,16 +63,8 @@ def represent_command(
         else:
             print_summary(align_report)
         aligned = out / "aligned"
-    with progress_bar() as progress:
-        task = progress.add_task("Embedding", total=None, rate="")
-        started, done = time.perf_counter(), [0]
-
-        def on_batch(count: int) -> None:
-            done[0] += count
-            progress.update(task, advance=count, rate=f"{done[0] / max(time.perf_counter() - started, 1e-9):.1f} faces/s")
-
-        report = represent_tree(aligned, out, embedder, on_start=lambda n: progress.update(task, total=n),
-                                on_batch=on_batch)
+    with CountingProgress("Embedding", "faces/s") as bar:
+        report = represent_tree(aligned, out, embedder, on_start=bar.on_start, on_batch=bar.on_advance)
     if as_json:
         print_json({**report.to_dict(), **({"align": align_summary} if align_summary else {})})
         return
