@@ -633,8 +633,9 @@ def _add_one_photo(gallery: Gallery, person: str, path: str, load, bad_names: di
     except BadImage as exc:
         return AddOutcome(path, "unreadable", person, detail=exc.reason)
     aligner, embedder = load()
+    crop = _aligned_crop(Path(path), rgb, embedder.record)
     try:
-        found = aligner.align(rgb)
+        found = [crop] if crop is not None else aligner.align(rgb)
     except NoFace:
         return AddOutcome(path, "no-face", person, detail="no face found")
     except MultipleFaces as exc:
@@ -650,6 +651,30 @@ def _add_one_photo(gallery: Gallery, person: str, path: str, load, bad_names: di
         return AddOutcome(path, "already-in", person, detail="this image is in the gallery already")
     detail = "no face found; the centre of the photo was enrolled (--fallback center)" if face.fallback else ""
     return AddOutcome(path, "added", person, face_id, detail)
+
+
+def _aligned_crop(path: Path, rgb: np.ndarray, record: "ModelRecord"):
+    """The image itself as the face when it is already a crop aligned for this model: it lies (or
+    a link to it points) in a `facenet align` folder whose spec is the model's, at the model's size.
+    Such crops (`facenet align` output, `facenet cluster --link` folders) are not detected again."""
+    from .align import AlignedFace
+    from .aligned import SPEC_FILE, AlignedFolder
+    from .detect import FaceBox
+
+    size = record.align.size
+    if rgb.shape[:2] != (size, size):
+        return None
+    target = path.resolve()
+    for root in (target.parent, target.parent.parent):
+        if (root / SPEC_FILE).is_file():
+            try:
+                spec = AlignedFolder(root).spec()
+            except DataError:
+                return None
+            if spec == record.align:
+                return AlignedFace(rgb, FaceBox(0, 0, size, size), np.zeros((0, 2), np.float32))
+            return None
+    return None
 
 
 def _ref_of(embedder: "Embedder") -> str:

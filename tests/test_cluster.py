@@ -181,7 +181,7 @@ def test_photos_are_detected_aligned_and_grouped(run_cli, examples_dir, tmp_path
     photos.mkdir()
     for name in ("lennon-1.jpg", "lennon-2.jpg", "clapton-1.jpg", "clapton-2.jpg"):
         shutil.copy(examples_dir / name, photos / name)
-    Image = pytest.importorskip("PIL.Image")
+    from PIL import Image
     Image.new("RGB", (200, 200), (90, 140, 200)).save(photos / "sky.png")  # no face
     (photos / "notes.jpg").write_text("not an image")
     result = run_cli("cluster", photos, tmp_path / "out", "--json", "--threshold", "0.15")

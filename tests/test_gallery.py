@@ -316,3 +316,34 @@ def test_killed_add_keeps_what_landed_and_a_rerun_finishes(known, tmp_path):
     assert counts["already-in"] == before and counts["added"] == sum(PEOPLE.values()) - before
     with Gallery(gallery) as g:
         assert dict(g.people()) == PEOPLE
+
+
+def test_aligned_crops_and_links_to_them_are_enrolled_as_they_are(known, tmp_path, run_cli):
+    """`facenet align` output (or `cluster --link` folders of symlinks to it) is not detected again:
+    each crop is embedded as it is, so its vector equals represent's (with the gallery's flip)."""
+    aligned = tmp_path / "aligned"
+    assert run_cli("align", known, aligned).exit_code == 0
+    links = tmp_path / "links"
+    for crop in sorted(aligned.glob("*/*.png")):
+        (links / crop.parent.name).mkdir(parents=True, exist_ok=True)
+        (links / crop.parent.name / crop.name).symlink_to(crop.resolve())
+    reps = tmp_path / "reps"
+    assert run_cli("represent", aligned, reps, "--flip").exit_code == 0
+    for source in (aligned, links):
+        gallery = tmp_path / f"{source.name}.gallery"
+        result = run_cli("gallery", "add", gallery, source, "--json")
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["counts"]["added"] == report["inputs"] == sum(PEOPLE.values())
+        from facenet_cli import Gallery
+        from facenet_cli.reps import read_reps
+
+        expected = read_reps(reps)
+        by_name = {Path(p).name: v for p, v in zip(expected.paths, expected.embeddings)}
+        with Gallery(gallery) as opened:
+            faces = opened.faces()
+            enrolment = opened.enrolment()
+        assert all(f.box == (0, 0, 150, 150) for f in faces)  # the whole crop, no detection
+        vectors = {Path(f.source).name: enrolment.embeddings[i] for i, f in enumerate(faces)}
+        assert set(vectors) == set(by_name)
+        assert max(float(np.abs(vectors[n] - by_name[n]).max()) for n in by_name) < 1e-5
