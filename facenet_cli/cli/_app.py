@@ -59,8 +59,9 @@ class FacenetGroup(TyperGroup):
 app = typer.Typer(
     name="facenet",
     cls=FacenetGroup,
-    help="Face recognition in the spirit of FaceNet and OpenFace: align, represent, compare, "
-    "measure on LFW and train. Exit codes: 0 done, 1 the job failed, 2 usage error, 130 interrupted.",
+    help="Face recognition in the spirit of FaceNet and OpenFace: align, represent, compare, measure on "
+    "LFW, train, identify people from a gallery, cluster, and serve a live demo. "
+    "Exit codes: 0 done, 1 the job failed, 2 usage error, 130 interrupted.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -35,9 +35,10 @@ def compare_command(
         "costs (1 + N)x the network time.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Squared L2 distances between the faces of photos (0 = same picture, 4 = opposite), with a
-    same/different verdict at the model's threshold. Photos without a face are reported and the
-    others still compared.
+    """Squared L2 distances between the faces of photos, with a same/different verdict.
+
+    0 means the same picture, 4 opposite; the verdict uses the model's threshold. Photos without a
+    face are reported and the others still compared.
 
     Example: facenet compare lennon-1.jpg lennon-2.jpg clapton-1.jpg
     """

@@ -103,9 +103,11 @@ def fetch_models_command(
     list_only: Annotated[bool, typer.Option("--list", help="Only show the catalogue and each file's status.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Fetch and verify model files, after listing the catalogue (embedding models, dlib's landmark
-    predictors and CNN detector) with each file's status: present (found, SHA-256 checked), missing,
-    or checksum bad. Exits 1 when a file could not be fetched or is damaged.
+    """List every model file with its status, then fetch and verify what is missing.
+
+    The catalogue holds the embedding models and dlib's landmark predictors and CNN detector; each
+    file's status is present (found, SHA-256 checked), missing, or checksum bad. Exits 1 when a
+    file could not be fetched or is damaged.
 
     Example: facenet fetch-models dlib-resnet.v1 --from /media/usb/facenet-weights
     """
