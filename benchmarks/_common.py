@@ -88,15 +88,11 @@ def pairs_subset(source: Path, dest: Path, per_fold: int) -> Path:
 
 
 def pair_image_files(pairs_file: Path) -> list[Path]:
-    """The LFW image files a pairs file names, sorted, each once."""
-    keys = set()
-    for line in pairs_file.read_text(encoding="utf-8").splitlines()[1:]:
-        f = line.split()
-        if len(f) == 3:
-            keys |= {(f[0], int(f[1])), (f[0], int(f[2]))}
-        elif len(f) == 4:
-            keys |= {(f[0], int(f[1])), (f[2], int(f[3]))}
-    return [LFW_IMAGES / name / f"{name}_{number:04d}.jpg" for name, number in sorted(keys)]
+    """The LFW image files a pairs file names, sorted, each once (keys `Name/Name_0001`)."""
+    from facenet_cli.lfw import read_pairs
+
+    first, second = read_pairs(pairs_file).keys()
+    return [LFW_IMAGES / f"{key}.jpg" for key in sorted({*first, *second})]
 
 
 def shell_line(args) -> str:

@@ -24,7 +24,8 @@ from facenet_cli.catalogue import get_record
 from facenet_cli.embed import Embedder, normalise
 from facenet_cli.images import read_rgb
 from facenet_cli.jobs import AlignJob, align_tree
-from facenet_cli.lfw import evaluate_distances, pair_distances, read_pairs
+from facenet_cli.lfw import pair_distances, read_pairs
+from facenet_cli.verification import evaluate_distances
 from facenet_cli.reps import Reps
 
 VARIANTS = [

@@ -10,10 +10,10 @@ import dlib
 import numpy as np
 
 from .align_specs import AlignSpec
-from .choices import FacePolicy, Fallback, values
+from .choices import MAX_SIZE, MIN_SIZE, FacePolicy, Fallback, values
 from .detect import FaceBox, FaceDetector
 from .errors import MultipleFaces, NoFace, UsageError
-from .resources import SHAPE_PREDICTOR_5, SHAPE_PREDICTOR_68, dlib_model_path
+from .resources import dlib_model_path, landmarks_file
 
 # "center": the face nearest the image centre. "center-only": only a face whose box covers the
 # image centre counts (datasets such as LFW centre the labelled person; a bystander found when
@@ -23,7 +23,6 @@ FACE_POLICIES = values(FacePolicy)
 # "whole" takes the whole image as the face box (photos that are already tight face crops).
 FALLBACKS = values(Fallback)
 # Output side in pixels, checked here and by the CLI's parser.
-MIN_SIZE, MAX_SIZE = 16, 2048
 
 # Where the face of a roughly centred portrait sits, as fractions of the image side. Measured
 # as the median HOG box over LFW deep-funneled images (250x250): (0.268, 0.320)-(0.700, 0.748)
@@ -34,7 +33,7 @@ CENTER_BOX_FRACTIONS = (0.27, 0.32, 0.70, 0.75)
 def _shape_predictor(points: int):
     """dlib's model, loaded once per process (the 68-point one is 100 MB) and shared; the file
     is located and verified on every call, so a damaged or replaced file is never hidden."""
-    path = dlib_model_path(SHAPE_PREDICTOR_68 if points == 68 else SHAPE_PREDICTOR_5)
+    path = dlib_model_path(landmarks_file(points))
     info = path.stat()
     return _load_shape_predictor(str(path), info.st_size, info.st_mtime_ns)
 
@@ -156,6 +155,29 @@ class FaceAligner:
     def align_box(self, rgb: np.ndarray, box: FaceBox, fallback: bool = False) -> AlignedFace:
         shape = self._landmarks.shape(rgb, box)
         return AlignedFace(warp(rgb, self.spec, shape), box, LandmarkPredictor.to_array(shape), fallback)
+
+    def align_stand_in(self, path) -> list[AlignedFace]:
+        """The faces of a stand-in photo (`--fallback-dir`: the same photo from a second tree), all
+        marked `fallback`; its centre box when it has no usable face, since it stands in already;
+        [] when it is missing or unreadable."""
+        from pathlib import Path
+
+        from .errors import BadImage
+        from .images import read_rgb
+
+        if not Path(path).is_file():
+            return []
+        try:
+            rgb = read_rgb(path)
+        except BadImage:
+            return []
+        try:
+            faces = self.align(rgb)
+        except (NoFace, MultipleFaces):
+            return [self.align_box(rgb, center_box(rgb.shape[0], rgb.shape[1]), fallback=True)]
+        for face in faces:
+            face.fallback = True
+        return faces
 
     def align(self, rgb: np.ndarray, timings: dict | None = None) -> list[AlignedFace]:
         """Aligned faces per the face policy; raises NoFace or MultipleFaces."""

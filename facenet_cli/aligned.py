@@ -99,11 +99,10 @@ class FileOutcome:
 
 # ---------------------------------------------------------------- the report
 
-def report_text(outcomes: Iterable[FileOutcome], header: bool = True) -> str:
+def report_text(outcomes: Iterable[FileOutcome]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    if header:
-        writer.writerow(REPORT_COLUMNS)
+    writer.writerow(REPORT_COLUMNS)
     for outcome in outcomes:
         writer.writerow(outcome.row())
     return buf.getvalue()
@@ -212,6 +211,7 @@ class AlignedFolder:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._scanned: tuple[list[str], list[tuple[str, str]]] | None = None
 
     @property
     def spec_file(self) -> Path:
@@ -231,9 +231,9 @@ class AlignedFolder:
             record = json.loads(self.spec_file.read_text(encoding="utf-8"))
             from .align_specs import AlignSpec
 
-            AlignSpec.from_dict(record["spec"])
             if not isinstance(record, dict):
                 raise TypeError
+            AlignSpec.from_dict(record["spec"])
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError):
             raise DataError(f"{self.spec_file} is damaged, so how {self.root} was aligned is unknown; restore it, "
                             f"or delete {self.root} and align again.") from None
@@ -293,7 +293,10 @@ class AlignedFolder:
     # -- the crops
 
     def _image_files(self) -> tuple[list[str], list[tuple[str, str]]]:
-        """(usable image paths, [(path, why not)] for image files whose names cannot be used)."""
+        """(usable image paths, [(path, why not)] for image files whose names cannot be used);
+        the folder is walked once per AlignedFolder (a reader's view of a finished folder)."""
+        if self._scanned is not None:
+            return self._scanned
         found, refused = [], []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -306,17 +309,18 @@ class AlignedFolder:
                     found.append(rel)
                 else:
                     refused.append((rel, problem))
-        return sorted(found), sorted(refused)
+        self._scanned = (sorted(found), sorted(refused))
+        return self._scanned
 
     def images(self) -> list[str]:
         """Every aligned image, as sorted posix paths relative to the folder (hidden files,
         temporary files and names with control characters left out)."""
-        return self._image_files()[0]
+        return list(self._image_files()[0])
 
     def bad_names(self) -> list[tuple[str, str]]:
         """(relative path, reason) of the image files `images` leaves out for their names, so
         that readers report them instead of dropping them silently."""
-        return self._image_files()[1]
+        return list(self._image_files()[1])
 
     def people(self) -> dict[str, list[str]]:
         """person -> sorted relative paths of `<person>/<image>` crops (deeper files are not faces of one person)."""

@@ -12,6 +12,9 @@ from enum import Enum
 
 DEFAULT_MODEL = "dlib-resnet.v1"
 
+# The side of an aligned crop, in pixels: the parser and the library check the same bounds.
+MIN_SIZE, MAX_SIZE = 16, 2048
+
 
 class Choice(str, Enum):
     def __str__(self) -> str:  # "hog", not "Detector.hog", in messages and f-strings

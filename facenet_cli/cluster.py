@@ -380,7 +380,7 @@ def _stage(on_stage, name: str, total: int | None) -> None:
 def cluster_faces(source: str | os.PathLike, out: str | os.PathLike, *, threshold: float | None = None,
                   k: int = DEFAULT_K, link: str | None = None, sheet: bool = True,
                   sheet_rows: int = 20, sheet_columns: int = 12,
-                  model: str = "dlib-resnet.v1", device: str = "auto", flip: bool = False,
+                  model: str = "dlib-resnet.v1", device: str = "auto", flip: bool = True,
                   batch_size: int = 32, detector: str = "hog", upsample: str | int = "auto",
                   faces: str = "all", fallback: str = "none", workers: int = 1,
                   on_stage: Callable[[str, int | None], None] | None = None,

@@ -92,21 +92,8 @@ def find_faces(paths: list[str | Path], aligner: "FaceAligner", embedder: "Embed
 
 
 def _from_fallback_dir(path: Path, fallback_dir: str | Path, aligner: "FaceAligner") -> list:
-    """The faces of the stand-in photo, its centre box when it has none (it is a stand-in already)."""
-    from .align import center_box
-
-    stand_in = Path(fallback_dir) / (path.name if path.is_absolute() else path)
-    try:
-        rgb = read_rgb(stand_in)
-    except BadImage:
-        return []
-    try:
-        found = aligner.align(rgb)
-    except (NoFace, MultipleFaces):
-        return [aligner.align_box(rgb, center_box(rgb.shape[0], rgb.shape[1]), fallback=True)]
-    for face in found:
-        face.fallback = True
-    return found
+    """The faces of the same photo under `fallback_dir` (a relative path as given, an absolute one by name)."""
+    return aligner.align_stand_in(Path(fallback_dir) / (path.name if path.is_absolute() else path))
 
 
 def display_names(paths: list[str | Path]) -> list[str]:

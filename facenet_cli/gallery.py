@@ -22,12 +22,14 @@ import sqlite3
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
 from .errors import BadImage, DataError, FacenetError, MultipleFaces, NoFace, SpecMismatch, UsageError
+from .hub import file_sha256
 
 if TYPE_CHECKING:  # annotations only
     from .catalogue import ModelRecord
@@ -92,14 +94,6 @@ def name_problem(name: str) -> str | None:
     if text.casefold() in RESERVED_NAMES:
         return "'unknown' is what identify answers for strangers, so no one can be enrolled under it"
     return None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_fingerprint(record: "ModelRecord") -> str:
@@ -574,7 +568,7 @@ def add_to_gallery(gallery_path: str | os.PathLike, inputs: list[str | os.PathLi
     return report
 
 
-def _resolve_for(gallery: Gallery, model: str | None, flip: bool | None) -> tuple["ModelRecord", str, bool]:
+def resolve_for(gallery: Gallery, model: str | None, flip: bool | None) -> tuple["ModelRecord", str, bool]:
     """The model record and flip to embed with: the gallery's, checked against --model/--flip if given."""
     from .catalogue import DEFAULT_MODEL
     from .hub import resolve_model
@@ -589,22 +583,27 @@ def _resolve_for(gallery: Gallery, model: str | None, flip: bool | None) -> tupl
 
 def _add_photos(gallery: Gallery, items: list[tuple[str, str]], *, model, flip, device, detector, upsample, faces,
                 fallback, batch_size, on_start, on_advance) -> list[AddOutcome]:
-    record, ref, use_flip = _resolve_for(gallery, model, flip)
+    record, ref, use_flip = resolve_for(gallery, model, flip)
     if on_start:
         on_start(len(items))
     outcomes: list[AddOutcome] = []
     engine: dict = {}
 
-    def load():
-        if not engine:  # only when something new has to be embedded
-            from .align import FaceAligner
-            from .detect import parse_upsample
-            from .embed import Embedder
+    def load(part: str):
+        """The embedder or the aligner, each built the first time a photo needs it (an aligned
+        crop needs no detector, an image already in the gallery neither)."""
+        if part not in engine:
+            if part == "embedder":
+                from .embed import Embedder
 
-            engine["aligner"] = FaceAligner(record.align, detector=detector, upsample=parse_upsample(upsample),
-                                            faces=faces, fallback=fallback)
-            engine["embedder"] = Embedder(record, device=device, flip=use_flip, batch_size=batch_size)
-        return engine["aligner"], engine["embedder"]
+                engine[part] = Embedder(record, device=device, flip=use_flip, batch_size=batch_size)
+            else:
+                from .align import FaceAligner
+                from .detect import parse_upsample
+
+                engine[part] = FaceAligner(record.align, detector=detector, upsample=parse_upsample(upsample),
+                                           faces=faces, fallback=fallback)
+        return engine[part]
 
     bad_names: dict[str, str] = {}
     for person, path in items:
@@ -632,10 +631,10 @@ def _add_one_photo(gallery: Gallery, person: str, path: str, load, bad_names: di
         rgb = read_rgb(path)
     except BadImage as exc:
         return AddOutcome(path, "unreadable", person, detail=exc.reason)
-    aligner, embedder = load()
+    embedder = load("embedder")
     crop = _aligned_crop(Path(path), rgb, embedder.record)
     try:
-        found = [crop] if crop is not None else aligner.align(rgb)
+        found = [crop] if crop is not None else load("aligner").align(rgb)
     except NoFace:
         return AddOutcome(path, "no-face", person, detail="no face found")
     except MultipleFaces as exc:
@@ -658,7 +657,7 @@ def _aligned_crop(path: Path, rgb: np.ndarray, record: "ModelRecord"):
     a link to it points) in a `facenet align` folder whose spec is the model's, at the model's size.
     Such crops (`facenet align` output, `facenet cluster --link` folders) are not detected again."""
     from .align import AlignedFace
-    from .aligned import SPEC_FILE, AlignedFolder
+    from .aligned import SPEC_FILE
     from .detect import FaceBox
 
     size = record.align.size
@@ -668,13 +667,21 @@ def _aligned_crop(path: Path, rgb: np.ndarray, record: "ModelRecord"):
     for root in (target.parent, target.parent.parent):
         if (root / SPEC_FILE).is_file():
             try:
-                spec = AlignedFolder(root).spec()
-            except DataError:
+                spec = _folder_spec(str(root), (root / SPEC_FILE).stat().st_mtime_ns)
+            except (DataError, OSError):
                 return None
             if spec == record.align:
                 return AlignedFace(rgb, FaceBox(0, 0, size, size), np.zeros((0, 2), np.float32))
             return None
     return None
+
+
+@lru_cache(maxsize=64)
+def _folder_spec(root: str, spec_mtime_ns: int):
+    """An aligned folder's spec, read once per folder (and again only if its file changes)."""
+    from .aligned import AlignedFolder
+
+    return AlignedFolder(root).spec()
 
 
 def _ref_of(embedder: "Embedder") -> str:
@@ -688,7 +695,6 @@ def _ref_of(embedder: "Embedder") -> str:
 
 def _add_reps(gallery: Gallery, folder: Path, model, flip, on_start, on_advance) -> list[AddOutcome]:
     """Enrol a `represent` output: person = each face's folder name; refuse another model's reps."""
-    from .align_specs import AlignSpec
     from .catalogue import ModelRecord
     from .reps import person_of, read_reps
 
@@ -699,7 +705,6 @@ def _add_reps(gallery: Gallery, folder: Path, model, flip, on_start, on_advance)
                         "checked against the gallery's; represent the photos again with `facenet represent`.")
     try:
         record = ModelRecord.from_dict(meta_model)
-        AlignSpec.from_dict(meta_model["align"])
     except (KeyError, TypeError, ValueError):
         raise DataError(f"The model record in {folder}/meta.json is damaged; represent the photos again.") from None
     reps_flip = bool(reps.meta.get("flip", False))

@@ -398,7 +398,7 @@ def cached_hog_detector(cache: str | os.PathLike | None = None):
     digest_file = path.with_name(path.name + ".sha256")
     try:
         expected = digest_file.read_text(encoding="ascii").strip()
-        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == expected:
+        if path.is_file() and file_sha256(path) == expected:
             return dlib.fhog_object_detector(str(path))
     except (OSError, UnicodeDecodeError, RuntimeError):
         pass  # absent, unreadable or rejected by dlib: rebuild below
@@ -408,7 +408,7 @@ def cached_hog_detector(cache: str | os.PathLike | None = None):
             # dlib writes only to a named file: serialize into the temporary name, then hash it.
             fh.close()
             detector.save(fh.name)
-            digest = hashlib.sha256(Path(fh.name).read_bytes()).hexdigest()
+            digest = file_sha256(fh.name)
         write_text_atomic(digest_file, digest + "\n")
     except (FacenetError, OSError, RuntimeError):
         pass  # a read-only or full cache folder: go on with the detector just built

@@ -377,6 +377,16 @@ def list_photos(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return photos
 
 
+def matcher_for(enrolment, method: str | None = None, far: float | None = None, threshold: float | None = None,
+                k: int | None = None, curve: "OperatingCurve | None" = None) -> "Matcher":
+    """The gallery's matcher as `facenet identify` builds it (the web demo uses the same), with the
+    model's calibrated curve and, unless `method` is given, the method that curve was made for."""
+    curve = curve if curve is not None else curve_for_model(enrolment.model.record)
+    method = method or (curve.method if curve else "mean")
+    options = {"k": k} if k is not None else {}
+    return Matcher(enrolment, method=method, far=far, threshold=threshold, curve=curve, **options)
+
+
 def identify(gallery_path: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, method: str | None = None,
              far: float | None = None, threshold: float | None = None, top: int = 3, k: int = DEFAULT_KNN,
              device: str = "auto", detector: str = "hog", upsample: int | str = "auto", model: str | None = None,
@@ -397,8 +407,8 @@ def identify(gallery_path: str | os.PathLike, inputs: Sequence[str | os.PathLike
         enrolment = gallery.enrolment()
     gm = enrolment.model
     curve = curve_for_model(gm.record)
-    method = method or (curve.method if curve else "mean")
-    matcher = Matcher(enrolment, method=method, far=far, threshold=threshold, curve=curve, k=k)
+    matcher = matcher_for(enrolment, method=method, far=far, threshold=threshold, k=k, curve=curve)
+    method = matcher.method
     if embedder is None:
         from .embed import Embedder
         from .hub import resolve_model

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .aligned import IMAGE_SUFFIXES, looks_like_image  # noqa: F401 (re-exported: one list of suffixes)
 from .errors import BadImage
 
 # Refuse absurd images instead of letting a decompression bomb eat the memory of a batch job
@@ -37,21 +36,36 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise BadImage(path, "is not a regular file")
     if info.st_size == 0:
         raise BadImage(path, "is empty (0 bytes)")
+    return decode_rgb(path, path)
+
+
+class TooManyPixels(BadImage):
+    """An image over the caller's pixel limit (decode_rgb's `max_pixels`), refused before decoding."""
+
+
+def decode_rgb(source, label, max_pixels: int | None = None) -> np.ndarray:
+    """Decode `source` (a path or a binary file object, e.g. BytesIO of an upload) as RGB uint8,
+    upright per EXIF; every failure is a BadImage naming `label`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
+                if max_pixels is not None and image.width * image.height > max_pixels:
+                    raise TooManyPixels(label, f"is {image.width}x{image.height} pixels, over the limit of "
+                                               f"{max_pixels:,}; send a smaller image")
                 image.load()  # decode now: truncation shows up here, not later
                 image = ImageOps.exif_transpose(image)
                 return to_rgb_uint8(image)
+    except BadImage:
+        raise
     except UnidentifiedImageError:
-        raise BadImage(path, "is not an image in a format we can read") from None
+        raise BadImage(label, "is not an image in a format we can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(path, f"is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+        raise BadImage(label, f"is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
     except UnsupportedMode as exc:
-        raise BadImage(path, str(exc)) from None
+        raise BadImage(label, str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImage(path, f"is corrupt or truncated ({exc})") from None
+        raise BadImage(label, f"is corrupt or truncated ({exc})") from None
 
 
 class UnsupportedMode(ValueError):

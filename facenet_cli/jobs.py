@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from .align_specs import AlignSpec
-from .aligned import (REPORT_FILE, SPEC_FILE, STATUSES, AlignedFolder, FileOutcome, face_outputs,  # noqa: F401
+from .aligned import (REPORT_FILE, STATUSES, AlignedFolder, FileOutcome, face_outputs,
                       name_problem, output_names, printable_name)
 from .atomic import remove_stale_temps, temp_path, write_bytes_atomic
 from .errors import BadImage, DiskFull, FacenetError, MultipleFaces, NoFace, UsageError, write_error
@@ -314,24 +314,7 @@ def _align_file(task: tuple[str, str, str, str]) -> FileOutcome:
 
 
 def _from_fallback_dir(job: AlignJob, aligner, rel: str):
-    from .align import center_box
-    from .images import read_rgb
-
-    if not job.fallback_dir:
-        return []
-    path = Path(job.fallback_dir, rel)
-    if not path.is_file():
-        return []
-    try:
-        rgb = read_rgb(path)
-    except BadImage:
-        return []
-    try:
-        return aligner.align(rgb)
-    except (NoFace, MultipleFaces):
-        # The second tree's image is a stand-in already; take its centre rather than nothing.
-        box = center_box(rgb.shape[0], rgb.shape[1])
-        return [aligner.align_box(rgb, box, fallback=True)]
+    return aligner.align_stand_in(Path(job.fallback_dir, rel)) if job.fallback_dir else []
 
 
 # ---------------------------------------------------------------- the job

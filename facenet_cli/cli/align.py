@@ -6,15 +6,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..choices import DEFAULT_MODEL, Detector, FacePolicy, Fallback, Landmarks, Upsample
+from ..choices import DEFAULT_MODEL, MAX_SIZE, MIN_SIZE, Detector, FacePolicy, Fallback, Landmarks, Upsample
 from ._app import (DetectorOption, FacesOption, FallbackDirOption, FallbackOption, JsonOption, ModelOption,
                    UpsampleOption, command, console, print_json)
 
 if TYPE_CHECKING:
     from ..jobs import AlignJob, AlignReport
 
-# The parser's bounds for --size; the library checks the same (facenet_cli.align.MIN_SIZE/MAX_SIZE).
-MIN_SIZE, MAX_SIZE = 16, 2048
 
 
 def model_spec(model: str, landmarks: Optional[str], size: Optional[int]):

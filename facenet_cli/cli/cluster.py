@@ -1,7 +1,6 @@
 """`facenet cluster SOURCE OUT`: group faces by person, without labels or a number of people."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,7 +29,7 @@ def cluster_command(
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 32,
-    flip: FlipOption = False,
+    flip: FlipOption = True,  # the calibrated threshold was chosen on --flip embeddings
     detector: DetectorOption = Detector.hog,
     upsample: UpsampleOption = Upsample.auto,
     faces: FacesOption = FacePolicy.all,
@@ -43,30 +42,15 @@ def cluster_command(
     Example: facenet cluster reps/ clusters/ --link symlink   (or: facenet cluster photos/ clusters/)
     """
     from ..cluster import cluster_faces, cluster_name
-    from ._progress import progress_bar
+    from ._progress import CountingProgress
 
-    with progress_bar() as progress:
-        task = [None]
-        started = [time.perf_counter(), 0]
-
-        def on_stage(name: str, total: Optional[int]) -> None:
-            if task[0] is not None:  # the previous stage is over
-                progress.update(task[0], total=max(started[1], 1), completed=max(started[1], 1))
-            task[0] = progress.add_task(name, total=total, rate="") if name != "Done" else None
-            started[0], started[1] = time.perf_counter(), 0
-
-        def on_advance(count: int) -> None:
-            started[1] += count
-            rate = started[1] / max(time.perf_counter() - started[0], 1e-9)
-            progress.update(task[0], advance=count, rate=f"{rate:.0f}/s")
-
+    with CountingProgress("Clustering") as bar:
         report = cluster_faces(
             source, out, threshold=threshold, k=k, link=link.value if link else None,
             sheet_rows=sheet_rows, sheet_columns=sheet_columns, model=model, device=str(device),
             flip=flip, batch_size=batch_size, detector=detector.value, upsample=upsample.value,
             faces=faces.value, fallback=fallback.value, workers=workers,
-            on_stage=on_stage, on_advance=on_advance)
-        on_stage("Done", 0)
+            on_stage=bar.stage, on_advance=bar.on_advance)
 
     summary = report.to_dict()
     if as_json:

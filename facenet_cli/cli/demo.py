@@ -55,4 +55,4 @@ def demo_command(
     result = compare_photos(sorted(raw.iterdir()), FaceAligner(embedder.record.align, upsample="auto", faces="all"),
                             embedder)
     print_comparison(result)
-    console.print(f"Aligned faces are in {out / 'aligned'}; try `facenet compare` on photos of your own.")
+    console.print("Try `facenet compare` on photos of your own.")

@@ -14,7 +14,7 @@ from ._app import DeviceOption, JsonOption, command, console, err_console, print
 if TYPE_CHECKING:
     from ..training.train import TrainReport
 
-# Options that --resume may take (the library's RESUME_OPTIONS plus output format); the others
+# Options that --resume may take (what `resume` accepts, plus the output format); the others
 # come from the run's last.pt, and a different value would silently not apply, so it is refused.
 _RESUME_OK = {"resume_dir", "epochs", "minutes", "device", "json_output"}
 

@@ -174,9 +174,6 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     app = FastAPI(title="facenet serve", version="1", lifespan=lifespan,
                   description="Live face recognition on a gallery, and the same as plain HTTP for scripts. "
                   "Names come from the gallery behind the unknown gate of `facenet identify`.")
-    app.state.engine = engine
-    app.state.config = config
-    app.state.executor = executor
     app.add_middleware(Guard, token=config.token, max_body=config.max_upload_bytes)
 
     async def run(fn, *args):
@@ -295,7 +292,7 @@ async def live_socket(socket: WebSocket, engine: Engine, config: ServeConfig, ru
                           dropped=state.dropped)
             await send(answer)
 
-    view = engine.view()
+    view = await run(engine.view)  # may rebuild the gallery view: never on the event loop
     await send({"type": "hello", "model": engine.record.name, "people": len(view.people),
                 "gallery_version": view.version, "max_frame_bytes": config.max_frame_bytes,
                 "enrol_frames": engine.enrol_frames})

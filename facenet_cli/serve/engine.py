@@ -58,33 +58,22 @@ def looks_like_image(data: bytes) -> bool:
 
 
 def decode_image(data: bytes, max_pixels: int, what: str = "The upload") -> np.ndarray:
-    """Bytes of an image file to RGB uint8 (EXIF applied), refusing non-images and huge images."""
-    import warnings
-
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from ..images import to_rgb_uint8
+    """Bytes of an image file to RGB uint8 (EXIF applied), through the one image reader;
+    refuses non-images (415), empty or corrupt ones (400) and huge ones (413)."""
+    from ..errors import BadImage
+    from ..images import TooManyPixels, decode_rgb
 
     if not data:
         raise ImageRefused(f"{what} is empty; send a JPEG or PNG image.", 400)
     if not looks_like_image(data):
         raise ImageRefused(f"{what} is not an image (JPEG, PNG, GIF, BMP or WebP expected).")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > max_pixels:
-                    raise ImageRefused(f"{what} is {image.width}x{image.height} pixels, over the limit of "
-                                       f"{max_pixels:,}; send a smaller image.", 413)
-                image.load()
-                return to_rgb_uint8(ImageOps.exif_transpose(image))
-    except ImageRefused:
-        raise
-    except UnidentifiedImageError:
-        raise ImageRefused(f"{what} is not an image in a format we can read.") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        raise ImageRefused(f"{what} is a corrupt or truncated image ({exc}).", 400) from None
+        return decode_rgb(io.BytesIO(data), what, max_pixels)
+    except TooManyPixels as exc:
+        raise ImageRefused(f"{what} {exc.reason}.", 413) from None
+    except BadImage as exc:
+        status = 415 if "not an image" in exc.reason else 400
+        raise ImageRefused(f"{what} {exc.reason}.", status) from None
 
 
 @dataclass
@@ -143,10 +132,8 @@ class Engine:
                  far: float | None = None, detect_width: int = DEFAULT_DETECT_WIDTH,
                  enrol_frames: int = DEFAULT_ENROL_FRAMES):
         from ..align import FaceAligner
-        from ..catalogue import DEFAULT_MODEL
         from ..embed import Embedder
-        from ..gallery import Gallery, model_fingerprint
-        from ..hub import resolve_model
+        from ..gallery import Gallery, resolve_for
 
         if detect_width < 80:
             raise UsageError(f"--detect-width must be at least 80 pixels, not {detect_width}.")
@@ -154,12 +141,7 @@ class Engine:
             raise UsageError(f"--enrol-frames must be at least 1, not {enrol_frames}.")
         self.gallery_path = Path(gallery_path)
         with Gallery(self.gallery_path, create=True) as gallery:
-            bound = gallery.model
-            self.model_ref = model or (bound.ref if bound else DEFAULT_MODEL)
-            record = resolve_model(self.model_ref)
-            flip = bound.flip if bound else True  # what the identification operating points assume
-            gallery.check_model(record.name, record.align.to_dict(), record.embedding_dim,
-                                model_fingerprint(record), flip)
+            record, self.model_ref, flip = resolve_for(gallery, model, None)
         self.far = far
         self.enrol_frames = enrol_frames
         self.embedder = Embedder(record, device=device, flip=flip, batch_size=8)
@@ -212,13 +194,13 @@ class Engine:
 
     def _build_view(self, version: int) -> GalleryView:
         from ..gallery import Gallery
-        from ..identification import Matcher, curve_for_model
+        from ..identification import matcher_for
 
         with Gallery(self.gallery_path) as gallery:
             if len(gallery) == 0:
                 return GalleryView(version, None)
             enrolment = gallery.enrolment()
-        matcher = Matcher(enrolment, far=self.far, curve=curve_for_model(enrolment.model.record))
+        matcher = matcher_for(enrolment, far=self.far)
         vectors = enrolment.embeddings.astype(np.float64)
         mean = vectors.mean(axis=0)
         centred = vectors - mean
@@ -261,8 +243,6 @@ class Engine:
     def process_frame(self, data: bytes, state: SocketState, frame_id: int) -> dict:
         """One live frame: every face boxed, tracked and (once stable) named; enrolment if asked."""
         started = time.perf_counter()
-        if len(data) > MAX_FRAME_BYTES:
-            raise ImageRefused(f"A frame is {len(data):,} bytes, over the limit of {MAX_FRAME_BYTES:,}.", 413)
         rgb = decode_image(data, MAX_FRAME_PIXELS, "A frame")
         found, vectors = self._faces(rgb, self.live_aligner)
         view = self.view()
@@ -288,15 +268,13 @@ class Engine:
                 "process_ms": round((time.perf_counter() - started) * 1000, 1), "enrol": enrol}
 
     def start_enrolling(self, state: SocketState, name: str, count: int | None = None) -> dict:
-        from ..gallery import name_problem, normalise_name
+        from ..gallery import normalise_name
 
-        problem = name_problem(str(name))
-        if problem:
-            raise UsageError(f"The name {name!r} is refused: {problem}.")
+        person = normalise_name(str(name))
         wanted = self.enrol_frames if count is None else int(count)
         if not 1 <= wanted <= 100:
             raise UsageError(f"Enrol between 1 and 100 frames, not {wanted}.")
-        state.enrolling = Enrolling(normalise_name(name), wanted)
+        state.enrolling = Enrolling(person, wanted)
         return state.enrolling.to_dict()
 
     def _enrol_from_frame(self, state: SocketState, data: bytes, found: list, vectors: np.ndarray,
@@ -369,11 +347,12 @@ class Engine:
         chosen = []
         for data, what in ((first, "The first image"), (second, "The second image")):
             rgb = decode_image(data, MAX_UPLOAD_PIXELS, what)
-            found, vectors = self._faces(rgb, self.photo_aligner)
-            if not found:
-                raise UsageError(f"{what} has no face we could find; send a photo with a visible face.")
-            largest = max(range(len(found)), key=lambda i: found[i].box.area)
-            chosen.append((found[largest], vectors[largest], len(found)))
+            try:
+                found = self.photo_aligner.align(rgb)
+            except NoFace:
+                raise UsageError(f"{what} has no face we could find; send a photo with a visible face.") from None
+            largest = max(found, key=lambda face: face.box.area)
+            chosen.append((largest, self.embedder.embed([largest.image])[0], len(found)))
         distance = float(squared_distances(chosen[0][1][None], chosen[1][1][None])[0, 0])
         return {"model": self.record.name, "squared_l2": round(distance, 6), "threshold": self.record.threshold,
                 "same_person": distance <= self.record.threshold,
@@ -381,11 +360,8 @@ class Engine:
 
     def enrol_photo(self, name: str, data: bytes) -> dict:
         """Enrol the one face of a photo under `name`."""
-        from ..gallery import name_problem, normalise_name
+        from ..gallery import normalise_name
 
-        problem = name_problem(name)
-        if problem:
-            raise UsageError(f"The name {name!r} is refused: {problem}.")
         person = normalise_name(name)
         rgb = decode_image(data, MAX_UPLOAD_PIXELS)
         found, vectors = self._faces(rgb, self.photo_aligner)

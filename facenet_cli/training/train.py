@@ -20,8 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import asdict, dataclass, fields, replace
-from enum import Enum
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +32,8 @@ from ..catalogue import ModelRecord
 from ..checkpoints import MODEL_KEYS, RESUME_KEYS, load_checkpoint, save_checkpoint
 from ..embed import pick_device
 from ..errors import DataError, UsageError, write_error
-from ..lfw import PairDistances, evaluate_distances, pair_distances
+from ..lfw import pair_distances
+from ..verification import PairDistances, evaluate_distances
 from ..nets.nn4 import ARCHITECTURE_NAMES, FaceNetInception, default_record
 from ..reps import Reps
 from .data import DEFAULT_CACHE_LIMIT, TrainingSet, ValidationSet, load_training_set, load_validation_set
@@ -78,16 +78,6 @@ class TrainConfig:
     val_pairs: str | None = None
     val_train_pairs: str | None = None
     val_aligned: str | None = None
-
-    def __post_init__(self) -> None:
-        # The CLI's enums (choices.Device, Miner, ...) and paths become the plain values a
-        # checkpoint stores: weights_only loading refuses any other type.
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Enum):
-                setattr(self, f.name, value.value)
-            elif isinstance(value, Path):
-                setattr(self, f.name, str(value))
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -441,11 +431,6 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None,
     return Trainer(config, callbacks, cache_limit).run()
 
 
-# What `resume` may change in a stopped run; everything else comes from its last.pt, since
-# another value would no longer continue the same run.
-RESUME_OPTIONS = ("epochs", "minutes", "device")
-
-
 def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None = None,
            callbacks: Callbacks | None = None, cache_limit: int = DEFAULT_CACHE_LIMIT,
            device: str | None = None) -> TrainReport:
@@ -471,5 +456,5 @@ def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None
     return trainer.run()
 
 
-__all__ = ["BatchStats", "Callbacks", "EpochRow", "RESUME_OPTIONS", "TrainConfig", "TrainReport", "Trainer",
+__all__ = ["BatchStats", "Callbacks", "EpochRow", "TrainConfig", "TrainReport", "Trainer",
            "batch_seed", "resume", "train"]
