@@ -621,6 +621,8 @@ def _add_one_photo(gallery: Gallery, person: str, path: str, load, bad_names: di
     if bad_names[person]:
         return AddOutcome(path, "bad-name", person, detail=bad_names[person])
     person = unicodedata.normalize("NFC", person.strip())
+    if not Path(path).is_file():  # a pipe or device named like a photo would block the hash forever
+        return AddOutcome(path, "unreadable", person, detail="is not a regular file")
     try:
         sha = file_sha256(path)
     except OSError as exc:

@@ -347,3 +347,14 @@ def test_aligned_crops_and_links_to_them_are_enrolled_as_they_are(known, tmp_pat
         vectors = {Path(f.source).name: enrolment.embeddings[i] for i, f in enumerate(faces)}
         assert set(vectors) == set(by_name)
         assert max(float(np.abs(vectors[n] - by_name[n]).max()) for n in by_name) < 1e-5
+
+
+def test_a_pipe_named_like_a_photo_is_an_outcome_not_a_hang(known, tmp_path, run_cli):
+    folder = tmp_path / "known"
+    shutil.copytree(known / "Colin_Powell", folder / "Colin_Powell")
+    os.mkfifo(folder / "Colin_Powell" / "pipe.jpg")
+    result = run_cli("gallery", "add", tmp_path / "g.gallery", folder, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    pipe = [o for o in report["outcomes"] if o["input"].endswith("pipe.jpg")]
+    assert [o["status"] for o in pipe] == ["unreadable"] and report["counts"]["added"] == report["inputs"] - 1
