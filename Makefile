@@ -10,9 +10,10 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 # CPU torch first: with torch already present, the package's torch range installs nothing more.
+# The ray extra too: the tests run `--executor ray` on a real local Ray cluster.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

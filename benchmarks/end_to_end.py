@@ -1,16 +1,22 @@
 """Raw LFW photos to embeddings: our pipeline against face_recognition's default one, side by side.
 
-    python benchmarks/end_to_end.py [--images 1000] [--repeats 1] [--quick]
+    python benchmarks/end_to_end.py [--images 1000] [--repeats 1] [--precision fp32|bf16|int8] [--sequential] [--quick]
 
 Both sides get the same images (`lfw_sample`) and two processes:
 
-- ours: what `facenet represent RAW OUT --photos --workers 2` runs: `align_tree` with the
-  dlib-resnet.v1 record's spec (default AlignJob: HOG, upsample auto, largest face) in 2
-  processes, then `represent_tree` with an Embedder on the CPU (torch's default threads).
+- ours: what `facenet represent RAW OUT --photos --workers 2` runs: `represent_photos` with the
+  dlib-resnet.v1 record's spec (default AlignJob: HOG, upsample auto, largest face): 2 align
+  processes hand each crop to this process, which embeds batches of 32 as they arrive (torch on
+  the one core the workers leave), then writes the folder (no PNG read back).
 - theirs: face_recognition's defaults, called on dlib directly (the package imports
   pkg_resources): per image, load RGB with PIL, HOG detector at upsample 1, and for every face
   found the 5-point shape predictor and `compute_face_descriptor(img, shape, num_jitters=1)`;
   2 processes (multiprocessing, fork), each loading the models once.
+
+- sequential (`--sequential`): the pipeline before the overlap: `align_tree` in 2 processes,
+  then `represent_tree` reading the PNGs back (torch's default threads).
+
+`--precision` sets our Embedder's precision (both of our sides).
 
 Each run is a fresh Python process (so that peak RSS is that side's alone); the sides alternate
 (ours first on even repeats, theirs first on odd ones) so that load from other jobs hits both
@@ -44,14 +50,43 @@ def peak_rss_mib() -> dict[str, float]:
 
 # ---------------------------------------------------------------- ours
 
-def run_ours(raw: Path, out: Path) -> dict:
+def run_ours(raw: Path, out: Path, precision: str = "fp32") -> dict:
+    from facenet_cli.embed import Embedder
+    from facenet_cli.hub import resolve_model
+    from facenet_cli.jobs import AlignJob
+    from facenet_cli.represent import represent_photos
+
+    t0 = time.perf_counter()
+    embedder = Embedder(resolve_model(MODEL), device="cpu", precision=precision, engine="torch")
+    t1 = time.perf_counter()
+    marks = {}
+    job = AlignJob(spec=embedder.record.align)
+    aligned, reps = represent_photos(raw, out, embedder, job, workers=WORKERS,
+                                     on_start=lambda _total: marks.setdefault("aligned", time.perf_counter()))
+    t3 = time.perf_counter()
+    t2 = marks.get("aligned", t3)
+    import torch
+
+    counts = aligned.counts
+    return {"seconds": t3 - t0, "load": t1 - t0, "align": t2 - t1, "embed": t3 - t2,
+            "images": aligned.total, "faces": reps.count,
+            "missed": counts["no-face"] + counts["multiple-faces"] + counts["unreadable"],
+            "counts": counts, "align_stage_ms": aligned.stage_ms(),
+            "missed_files": sorted(o.input for o in aligned.outcomes
+                                   if o.status in ("no-face", "multiple-faces", "unreadable")),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rss_mib": peak_rss_mib()}
+
+
+# ---------------------------------------------------------------- the pipeline before: align, then represent
+
+def run_sequential(raw: Path, out: Path, precision: str = "fp32") -> dict:
     from facenet_cli.embed import Embedder
     from facenet_cli.hub import resolve_model
     from facenet_cli.jobs import AlignJob, align_tree
     from facenet_cli.represent import represent_tree
 
     t0 = time.perf_counter()
-    embedder = Embedder(resolve_model(MODEL), device="cpu")
+    embedder = Embedder(resolve_model(MODEL), device="cpu", precision=precision)
     t1 = time.perf_counter()
     job = AlignJob(spec=embedder.record.align)
     aligned = align_tree(raw, out / "aligned", job, workers=WORKERS)
@@ -145,15 +180,22 @@ def agreement(ours_dir: Path, theirs_dir: Path) -> tuple[int, float, float]:
     return len(pairs), float(np.median(cos)), float(cos.min())
 
 
-def child(side: str, raw: Path, out: Path) -> None:
+def child(side: str, raw: Path, out: Path, precision: str) -> None:
     shutil.rmtree(out, ignore_errors=True)
-    result = run_ours(raw, out) if side == "ours" else run_theirs(raw, out)
+    if side == "ours":
+        result = run_ours(raw, out, precision)
+    elif side == "sequential":
+        result = run_sequential(raw, out, precision)
+    else:
+        result = run_theirs(raw, out)
     print("RESULT " + json.dumps(result))
 
 
-def launch(side: str, raw: Path, out: Path) -> dict:
+def launch(side: str, raw: Path, out: Path, precision: str = "fp32") -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--side", side, "--raw", str(raw), "--out", str(out)],
+    proc = subprocess.run([sys.executable, __file__, "--side", side, "--raw", str(raw), "--out", str(out),
+                           "--precision", precision],
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -161,6 +203,10 @@ def launch(side: str, raw: Path, out: Path) -> dict:
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
     result["wall"] = wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the side's process and its workers, start-up included: what a side costs
+    # when other jobs' load makes wall time wander.
+    result["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return result
 
 
@@ -170,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help="8 images, one repeat: same steps, same table, figures not quotable")
-    parser.add_argument("--side", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="our embedder's precision (Embedder(precision=...)); fp32 is the reference")
+    parser.add_argument("--sequential", action="store_true",
+                        help="also run the pipeline before the overlap (align_tree, then represent_tree from the PNGs)")
+    parser.add_argument("--side", choices=("ours", "sequential", "theirs"), help=argparse.SUPPRESS)
     parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return parser
@@ -181,7 +231,7 @@ def main() -> None:
     if args.quick:
         args.images, args.repeats = 8, 1
     if args.side:
-        child(args.side, args.raw, args.out)
+        child(args.side, args.raw, args.out, args.precision)
         return
 
     sys.path.insert(0, str(HERE))
@@ -191,11 +241,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="facenet-e2e-"))
     raw = make_tree(lfw_sample(args.images), work / "raw")
     load_before = os.getloadavg()
-    runs: dict[str, list[dict]] = {"ours": [], "theirs": []}
+    sides = ("ours", "sequential", "theirs") if args.sequential else ("ours", "theirs")
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for repeat in range(args.repeats):
-        order = ("ours", "theirs") if repeat % 2 == 0 else ("theirs", "ours")
+        order = sides if repeat % 2 == 0 else sides[::-1]
         for side in order:
-            runs[side].append(launch(side, raw, work / side))
+            runs[side].append(launch(side, raw, work / side, args.precision))
             r = runs[side][-1]
             print(f"  repeat {repeat + 1} {side:6}: {r['images'] / r['seconds']:6.2f} images/s "
                   f"({r['seconds']:.1f} s; load {os.getloadavg()[0]:.2f})", flush=True)
@@ -216,13 +267,25 @@ def main() -> None:
     print(f"load average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     print(f"{'':34} {'images/s':>9} {'seconds':>8} {'process s':>10} {'faces':>6} {'missed':>7}")
-    print(f"{'ours (align_tree + represent_tree)':34} {ours_rate:9.2f} {med('ours', 'seconds'):8.1f} "
+    print(f"{'ours (represent_photos, overlapped)':34} {ours_rate:9.2f} {med('ours', 'seconds'):8.1f} "
           f"{med('ours', 'wall'):10.1f} {o['faces']:6d} {o['missed']:7d}")
     print(f"{'theirs (face_recognition defaults)':34} {theirs_rate:9.2f} {med('theirs', 'seconds'):8.1f} "
           f"{med('theirs', 'wall'):10.1f} {t['faces']:6d} {t['missed']:7d}")
     print(f"ratio ours / theirs: {ours_rate / theirs_rate:.2f}x (target >= 10x)")
-    print(f"ours, by stage (median s): load model {med('ours', 'load'):.2f}, align {med('ours', 'align'):.1f}, "
-          f"embed {med('ours', 'embed'):.1f}")
+    cpu = {side: median([r["cpu"] for r in runs[side]]) for side in runs}
+    print("process CPU seconds (all processes, start-up included): "
+          + ", ".join(f"{side} {value:.1f}" for side, value in cpu.items())
+          + f"; CPU ratio theirs / ours: {cpu['theirs'] / cpu['ours']:.2f}x"
+          + (f", theirs / sequential: {cpu['theirs'] / cpu['sequential']:.2f}x" if "sequential" in cpu else ""))
+    if "sequential" in runs:
+        rate = median([r["images"] / r["seconds"] for r in runs["sequential"]])
+        v = runs["sequential"][-1]
+        print(f"sequential (align_tree, then represent_tree from the PNGs; torch {v['torch_threads']} threads): "
+              f"{rate:.2f} images/s, {v['faces']} faces, {v['missed']} missed; ratio sequential / theirs: "
+              f"{rate / theirs_rate:.2f}x; ours / sequential: {ours_rate / rate:.2f}x")
+    print(f"our precision: {args.precision}")
+    print(f"ours, by stage (median s): load model {med('ours', 'load'):.2f}, align (embedding alongside) "
+          f"{med('ours', 'align'):.1f}, rest of the embedding and writing {med('ours', 'embed'):.1f}")
     print("ours, align ms per image per worker: "
           + ", ".join(f"{k} {v:.1f}" for k, v in o["align_stage_ms"].items()))
     print(f"ours, align outcomes: {o['counts']}")

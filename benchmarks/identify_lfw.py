@@ -28,6 +28,7 @@ caveat that about 70 % of its people were calibration people.
     python benchmarks/identify_lfw.py --variants          # every gate idea, on the calibration people
     python benchmarks/identify_lfw.py --calibrate         # recompute the operating points
     python benchmarks/identify_lfw.py --quick             # rank-1 and default point, a few test people
+    python benchmarks/identify_lfw.py --index             # also with the gallery's search index: unchanged?
 """
 from __future__ import annotations
 
@@ -171,10 +172,14 @@ def threshold_at(stranger_scores: np.ndarray, far: float) -> float:
 
 
 def figures(p: Protocol, method: str = "mean", gate: dict | None = None, threshold: float | None = None,
-            far: float | None = None, curve: OperatingCurve | None = None) -> dict:
+            far: float | None = None, curve: OperatingCurve | None = None, index: bool = False) -> dict:
     matcher = Matcher(p.enrolment, method=method, gate=gate or BASELINE_GATE, curve=curve,
                       threshold=threshold if (threshold is not None or curve is None) else None,
                       far=far if threshold is None and curve is not None else None)
+    if index:  # people shortlisted by the gallery's search index (facenet_cli/face_index.py), as identify does
+        from facenet_cli.face_index import FaceIndex
+
+        matcher.use_index(FaceIndex.build(p.enrolment.embeddings, p.enrolment.face_ids))
     chosen, scores = answers(matcher, p.queries)
     s_chosen, s_scores = answers(matcher, p.strangers)
     right = chosen == p.query_people
@@ -271,6 +276,9 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="recompute and print the operating points")
     parser.add_argument("--variants", action="store_true", help="measure every gate idea on the calibration people")
     parser.add_argument("--quick", action="store_true", help="test people only, the headline figures")
+    parser.add_argument("--index", action="store_true",
+                        help="also measure with the search index shortlisting people (identify does so on "
+                        "large galleries): the figures should not change")
     parser.add_argument("--flip-check", type=Path, metavar="NOFLIP_REPS",
                         help="a represent output WITHOUT --flip of some LFW people (e.g. the test people): compare "
                         "the flip average with plain embeddings on the protocol restricted to those people")
@@ -357,6 +365,15 @@ def main() -> None:
                 f = figures(p, method, gate, curve=curve, far=far)
                 print(f"| --far {far:g}: strangers named / DIR | | {f['strangers_named']:.4f} / "
                       f"{f['dir_at_point']:.4f} |")
+        if args.index:
+            for m in (method, "nearest", "knn"):
+                exact = ours if m == method else figures(p, m, gate, curve=curve)
+                indexed = figures(p, m, gate, curve=curve, index=True)
+                keys = ("rank1", "dir@0.01", "dir@0.001", "strangers_named", "dir_at_point")
+                same = all(abs(exact[k] - indexed[k]) < 1e-12 for k in keys)
+                print(f"| --method {m} with the search index: rank-1 / DIR@1 % / DIR@0.1 % / strangers named / "
+                      f"DIR at the point | | {' / '.join(f'{indexed[k]:.4f}' for k in keys)} "
+                      f"({'identical to exact' if same else 'exact: ' + ' / '.join(f'{exact[k]:.4f}' for k in keys)}) |")
     print(f"\n{time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 

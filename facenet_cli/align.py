@@ -137,6 +137,7 @@ class FaceAligner:
     fallback: str = "none"
     pixel_budget: int | None = None  # override the detector's (detect.PIXEL_BUDGET)
     upsample_budget: int | None = None  # override the detector's (detect.UPSAMPLE_BUDGET)
+    first_pass_pixels: int | None = None  # big photos' downscaled first pass (detect.FIRST_PASS_PIXELS; 0: off)
     _detector: FaceDetector = field(init=False, repr=False)
     _landmarks: LandmarkPredictor = field(init=False, repr=False)
 
@@ -149,8 +150,14 @@ class FaceAligner:
         if self.spec.method == "openface-affine" and self.spec.landmarks != 68:
             raise UsageError("OpenFace templates need the 68-point landmarks.")
         self._detector = FaceDetector(self.detector, self.upsample, upsample_budget=self.upsample_budget,
-                                      pixel_budget=self.pixel_budget)
+                                      pixel_budget=self.pixel_budget, first_pass_pixels=self.first_pass_pixels)
         self._landmarks = LandmarkPredictor(self.spec.landmarks)
+
+    @property
+    def first_pass(self) -> str | None:
+        """What the last align() did with a big photo's downscaled first pass: "kept", "searched
+        again" (at full size), or None (no first pass: a small photo, or upsample not auto)."""
+        return self._detector.last_first_pass
 
     def align_box(self, rgb: np.ndarray, box: FaceBox, fallback: bool = False) -> AlignedFace:
         shape = self._landmarks.shape(rgb, box)
@@ -179,25 +186,75 @@ class FaceAligner:
             face.fallback = True
         return faces
 
-    def align(self, rgb: np.ndarray, timings: dict | None = None) -> list[AlignedFace]:
-        """Aligned faces per the face policy; raises NoFace or MultipleFaces."""
+    def align_file(self, path, timings: dict | None = None) -> list[AlignedFace]:
+        """`align(read_rgb(path))`, faster for a big JPEG under the downscaled first pass: the
+        pass searches a reduced decode (libjpeg's own 1/2-1/8 scaling) while a thread decodes
+        the full photo (dlib's HOG and libjpeg both release the GIL, so the two cores share the
+        work), and landmarks and warp use the full photo. Raises BadImage like read_rgb, then
+        NoFace or MultipleFaces like align. The preview's pixels differ a little from a
+        downscaled full decode, so boxes (and crops) may differ slightly from align(read_rgb(...))'s;
+        tests/test_big_photos.py holds both to the same tolerance."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .images import big_jpeg, read_preview, read_rgb
+
+        clock = _Clock(timings)
+        detector = self._detector
+        # Would a huge photo get the first pass (HOG, upsample auto), and is this one a big JPEG?
+        wanted = "hog" in detector.stages and detector.first_pass_scale("hog", 1 << 15, 1 << 15) is not None
+        if not (wanted and big_jpeg(path, detector.first_pass_pixels)):
+            rgb = read_rgb(path)
+            clock.lap("decode")
+            return self.align(rgb, timings)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            full = pool.submit(read_rgb, path)
+            preview = read_preview(path, detector.first_pass_pixels)
+            chosen, scale = [], None
+            if preview is not None:
+                small, (height, width) = preview
+                scale = detector.first_pass_scale("hog", height, width)
+            if scale is not None:
+                small = _fit(small, int(width * scale), int(height * scale))
+                chosen = detector.first_pass(small, height, width,
+                                             lambda boxes: choose_faces(boxes, self.faces, height, width))
+            clock.lap("detect")  # the preview's decode included
+            rgb = full.result()
+        clock.lap("decode")  # what was left of the full decode
+        if not chosen or rgb.shape[:2] != (height, width):
+            return self.align(rgb, timings, first_pass=scale is None)
+        return self._align_boxes(rgb, chosen, False, clock)
+
+    def align(self, rgb: np.ndarray, timings: dict | None = None, first_pass: bool = True) -> list[AlignedFace]:
+        """Aligned faces per the face policy; raises NoFace or MultipleFaces. `first_pass=False`:
+        no downscaled first pass (align_file ran it already)."""
         clock = _Clock(timings)
         height, width = rgb.shape[:2]
         # The policy runs per detector stage, so that a stage that finds no acceptable face
         # (none at all, or none covering the centre) hands over to the next one.
-        chosen = self._detector.detect(rgb, lambda boxes: choose_faces(boxes, self.faces, height, width))
+        chosen = self._detector.detect(rgb, lambda boxes: choose_faces(boxes, self.faces, height, width),
+                                       first_pass=first_pass)
         clock.lap("detect")
         fallback = False
         if not chosen:
             if self.fallback == "none":
                 raise NoFace("no face found")
             chosen, fallback = [fallback_box(self.fallback, height, width)], True
+        return self._align_boxes(rgb, chosen, fallback, clock)
+
+    def _align_boxes(self, rgb: np.ndarray, chosen: list[FaceBox], fallback: bool, clock: "_Clock") -> list[AlignedFace]:
         shapes = [self._landmarks.shape(rgb, box) for box in chosen]
         clock.lap("landmarks")
         faces = [AlignedFace(warp(rgb, self.spec, s), b, LandmarkPredictor.to_array(s), fallback)
                  for b, s in zip(chosen, shapes)]
         clock.lap("warp")
         return faces
+
+
+def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`image` resized to width x height (a preview at most 2x bigger: bilinear)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.ascontiguousarray(cv2.resize(image, (max(width, 1), max(height, 1)), interpolation=cv2.INTER_LINEAR))
 
 
 class _Clock:

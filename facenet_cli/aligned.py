@@ -92,6 +92,9 @@ class FileOutcome:
     timings: dict = field(default_factory=dict)
     resumed: bool = False  # finished by an earlier run of the same job
     source: str = ""  # the input's "size:mtime_ns" when it was processed ("" when not read)
+    # The RGB crops themselves, one per output, when the job hands them over (represent --photos
+    # embeds them as they arrive instead of reading the PNGs back); never written to the report.
+    crops: list = field(default_factory=list, repr=False, compare=False)
 
     def row(self) -> list[str]:
         return [self.input, self.status, ";".join(self.outputs), self.detail, self.source]

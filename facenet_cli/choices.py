@@ -104,3 +104,16 @@ class Precision(Choice):
     fp32 = "fp32"
     bf16 = "bf16"
     int8 = "int8"
+
+
+class Executor(Choice):
+    """`--executor` of align and represent: this machine's processes, or the tasks and actors of a Ray cluster."""
+    local = "local"
+    ray = "ray"
+
+
+class IndexUse(Choice):
+    """`--index` of identify and search: the gallery's search index (face_index.py) or an exact scan."""
+    auto = "auto"
+    always = "always"
+    never = "never"

@@ -142,7 +142,7 @@ class Embedder:
         self.size = record.align.size
         self.center = (np.asarray(record.center, dtype=np.float32)
                        if record.center is not None else None)
-        self._device_name = "cpu" if precision == "int8" else device
+        self.requested_device = "cpu" if precision == "int8" else device
         self._weights = Path(weights) if weights is not None else None
         self._network = None
         self._dlib_net = None
@@ -157,11 +157,12 @@ class Embedder:
         elif engine == "dlib":
             self._load_dlib()
         else:
-            self._weights_path()  # a missing or damaged weights file fails now, not mid-job
+            self.weights_path()  # a missing or damaged weights file fails now, not mid-job
 
     # --- loading ----------------------------------------------------------------------------
 
-    def _weights_path(self) -> Path | None:
+    def weights_path(self) -> Path | None:
+        """The verified weights file (resolved, downloaded and checked on first use)."""
         if self._weights is None:
             self._weights = resolve_weights(self.record)
         return self._weights
@@ -171,8 +172,8 @@ class Embedder:
 
         from .nets import build_network
 
-        self._device = pick_device(self._device_name)
-        network = build_network(self.record, self._weights_path())
+        self._device = pick_device(self.requested_device)
+        network = build_network(self.record, self.weights_path())
         if self.precision == "int8":
             from .nets.dlib_resnet import int8_dlib_resnet
 
@@ -182,7 +183,7 @@ class Embedder:
     def _load_dlib(self) -> None:
         import dlib
 
-        self._dlib_net = dlib.face_recognition_model_v1(str(self._weights_path()))
+        self._dlib_net = dlib.face_recognition_model_v1(str(self.weights_path()))
 
     @property
     def network(self):
@@ -194,7 +195,7 @@ class Embedder:
     @property
     def device(self) -> "torch.device":
         if self._device is None:
-            self._device = pick_device(self._device_name)
+            self._device = pick_device(self.requested_device)
         return self._device
 
     @property

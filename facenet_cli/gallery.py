@@ -6,7 +6,9 @@ Layout (stdlib sqlite3, WAL journal so that readers such as `identify` or a web 
 
 - `info(key, value)`: `format` = "facenet-gallery", `version`, `model` (the model record as JSON),
   `model_ref` (the catalogue name or checkpoint path to load it again), `fingerprint` (SHA-256 of
-  the weights), `flip` (1 when embeddings average the mirror image), `created`.
+  the weights), `flip` (1 when embeddings average the mirror image), `created`, `gallery_id` (a
+  random id) and `generation` (bumped by every write transaction: what the search index beside
+  the gallery, facenet_cli/face_index.py, checks it is current against).
 - `people(id, name UNIQUE, added)`: names NFC-normalised; no `/`, `\\`, `..`, control characters.
 - `faces(id, person_id, embedding float32 BLOB, source, image_sha256 UNIQUE, box_*, added)`.
 
@@ -21,6 +23,8 @@ import os
 import sqlite3
 import time
 import unicodedata
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePath
@@ -142,6 +146,31 @@ class Enrolment:
         return len(self.names)
 
 
+@dataclass(frozen=True)
+class GalleryState:
+    """What a search index records of the gallery it was built from (face_index.py)."""
+
+    gallery_id: str
+    generation: int
+    faces: int
+    max_face_id: int
+    fingerprint: str
+    dim: int
+
+
+@dataclass
+class GalleryChanges:
+    """This process's writes to a gallery since it was opened, so an index can be patched:
+    `start` is the state before the first write, `end` the generation after the last;
+    `contiguous` is False when another writer's transaction came in between."""
+
+    start: GalleryState | None = None
+    end: int | None = None
+    added: dict[int, np.ndarray] = field(default_factory=dict)
+    removed: set[int] = field(default_factory=set)
+    contiguous: bool = True
+
+
 @dataclass
 class AddOutcome:
     input: str
@@ -178,6 +207,7 @@ class Gallery:
 
     def __init__(self, path: str | os.PathLike, create: bool = False, timeout: float = DEFAULT_TIMEOUT):
         self.path = Path(path)
+        self.changes = GalleryChanges()
         if self.path.is_dir():
             raise UsageError(f"{self.path} is a folder; a gallery is one file, e.g. people.gallery.")
         exists = self.path.exists()
@@ -232,7 +262,8 @@ class Gallery:
             # One statement at a time: executescript would commit the open transaction first.
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
-            for key, value in (("format", FORMAT), ("version", str(VERSION)), ("created", str(time.time()))):
+            for key, value in (("format", FORMAT), ("version", str(VERSION)), ("created", str(time.time())),
+                               ("gallery_id", uuid.uuid4().hex), ("generation", "0")):
                 self._db.execute("INSERT OR IGNORE INTO info(key, value) VALUES (?, ?)", (key, value))
             self._db.execute("COMMIT")
         except BaseException:
@@ -329,6 +360,19 @@ class Gallery:
             rows = self._db.execute(query + " ORDER BY f.id", args).fetchall()
         return [Face(r[0], r[1], r[2], r[3], None if r[4] is None else (r[4], r[5], r[6], r[7]), r[8]) for r in rows]
 
+    def faces_by_id(self, face_ids: Iterable[int]) -> dict[int, Face]:
+        """The faces with these ids (ids not in the gallery are left out)."""
+        wanted = sorted({int(i) for i in face_ids})
+        found: dict[int, Face] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            query = ("SELECT f.id, p.name, f.source, f.image_sha256, f.box_left, f.box_top, f.box_right, f.box_bottom, "
+                     f"f.added FROM faces f JOIN people p ON p.id = f.person_id WHERE f.id IN ({','.join('?' * len(chunk))})")
+            with self._sql("read"):
+                for r in self._db.execute(query, chunk):
+                    found[r[0]] = Face(r[0], r[1], r[2], r[3], None if r[4] is None else (r[4], r[5], r[6], r[7]), r[8])
+        return found
+
     def __len__(self) -> int:
         with self._sql("read"):
             return self._db.execute("SELECT count(*) FROM faces").fetchone()[0]
@@ -373,25 +417,21 @@ class Gallery:
         if model is None:
             raise UsageError("Bind the gallery to a model (Gallery.bind) before adding faces.")
         ids: list[int | None] = []
-        with self._sql("write"):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for person, embedding, source, sha, box in rows:
-                    vector = np.asarray(embedding, dtype="<f4").reshape(-1)
-                    if vector.shape[0] != model.dim or not np.isfinite(vector).all():
-                        raise DataError(f"The embedding of {source} is not a finite {model.dim}-d vector.")
-                    person_id = self._person_id(normalise_name(person), create=True)
-                    left, top, right, bottom = box if box is not None else (None,) * 4
-                    cursor = self._db.execute(
-                        "INSERT OR IGNORE INTO faces(person_id, embedding, source, image_sha256, box_left, box_top, "
-                        "box_right, box_bottom, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (person_id, vector.tobytes(), source, sha, left, top, right, bottom, time.time()))
-                    ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
-                self._drop_empty_people()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as pending:
+            for person, embedding, source, sha, box in rows:
+                vector = np.asarray(embedding, dtype="<f4").reshape(-1)
+                if vector.shape[0] != model.dim or not np.isfinite(vector).all():
+                    raise DataError(f"The embedding of {source} is not a finite {model.dim}-d vector.")
+                person_id = self._person_id(normalise_name(person), create=True)
+                left, top, right, bottom = box if box is not None else (None,) * 4
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO faces(person_id, embedding, source, image_sha256, box_left, box_top, "
+                    "box_right, box_bottom, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (person_id, vector.tobytes(), source, sha, left, top, right, bottom, time.time()))
+                added = cursor.lastrowid if cursor.rowcount == 1 else None
+                ids.append(added)
+                if added is not None:
+                    pending.added[added] = vector.astype(np.float32)
         return ids
 
     def _person_id(self, name: str, create: bool) -> int | None:
@@ -405,35 +445,106 @@ class Gallery:
     def _drop_empty_people(self) -> None:
         self._db.execute("DELETE FROM people WHERE id NOT IN (SELECT DISTINCT person_id FROM faces)")
 
-    def _write(self, fn: Callable[[], int]) -> int:
+    def _write(self, fn: Callable[[GalleryChanges], int]) -> int:
+        with self._transaction() as pending:
+            result = fn(pending)
+        return result
+
+    @contextmanager
+    def _transaction(self):
+        """One write transaction: bumps the generation and, once committed, records its changes
+        in `self.changes` (yields the pending GalleryChanges to fill with added/removed faces)."""
+        pending = GalleryChanges()
         with self._sql("write"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                result = fn()
+                info = self._info()
+                generation = int(info.get("generation", "0"))
+                before = self._state_in(info) if self.changes.start is None else None
+                yield pending
                 self._drop_empty_people()
+                if "gallery_id" not in info:  # a gallery made before galleries had ids
+                    self._db.execute("INSERT INTO info(key, value) VALUES ('gallery_id', ?)", (uuid.uuid4().hex,))
+                self._db.execute("INSERT OR REPLACE INTO info(key, value) VALUES ('generation', ?)",
+                                 (str(generation + 1),))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return result
+        changes = self.changes
+        if changes.start is None:
+            changes.start = before
+        elif generation != changes.end:
+            changes.contiguous = False
+        changes.end = generation + 1
+        for face_id in pending.removed:
+            if changes.added.pop(face_id, None) is None:
+                changes.removed.add(face_id)
+        changes.added.update(pending.added)
+
+    # -- the state an index is checked against
+
+    def _state_in(self, info: dict[str, str]) -> GalleryState:
+        count, max_id = self._db.execute("SELECT count(*), coalesce(max(id), 0) FROM faces").fetchone()
+        dim = 0
+        if "model" in info:
+            try:
+                dim = int(json.loads(info["model"])["embedding_dim"])
+            except (KeyError, ValueError, TypeError):
+                dim = 0
+        return GalleryState(info.get("gallery_id", ""), int(info.get("generation", "0")), int(count), int(max_id),
+                            info.get("fingerprint", ""), dim)
+
+    def state(self) -> GalleryState:
+        with self._sql("read"):
+            return self._state_in(self._info())
+
+    def snapshot(self) -> tuple[GalleryState, "Enrolment | None"]:
+        """The state and every face, read in one transaction (so they agree); None for no faces."""
+        with self._sql("read"):
+            self._db.execute("BEGIN")
+            try:
+                state = self._state_in(self._info())
+                enrolment = self.enrolment() if state.faces else None
+            finally:
+                self._db.execute("COMMIT")
+        return state, enrolment
+
+    def keep_index_current(self) -> str:
+        """After this process's writes, patch or rebuild the search index beside the gallery (if
+        there is one; see face_index.apply_changes). What was done."""
+        if self.changes.end is None:
+            return "none"
+        from .face_index import apply_changes
+
+        try:
+            done = apply_changes(self, self.changes)
+        except (FacenetError, OSError):
+            # e.g. a full disk: the gallery's writes stand; the index, now stale, is rebuilt by its next reader.
+            done = "stale"
+        self.changes = GalleryChanges()
+        return done
 
     def remove_person(self, name: str) -> int:
         """Remove a person and all their faces; the number of faces removed."""
         key = unicodedata.normalize("NFC", name.strip())
 
-        def run() -> int:
+        def run(pending: GalleryChanges) -> int:
             person_id = self._person_id(key, create=False)
             if person_id is None:
                 raise UsageError(f"No one called {name!r} is in {self.path}; see `facenet gallery list {self.path}`.")
+            pending.removed.update(r[0] for r in self._db.execute("SELECT id FROM faces WHERE person_id = ?",
+                                                                  (person_id,)))
             return self._db.execute("DELETE FROM faces WHERE person_id = ?", (person_id,)).rowcount
 
         return self._write(run)
 
     def remove_face(self, face_id: int) -> str:
         """Remove one face; the name of the person it belonged to."""
-        def run() -> str:
+        def run(pending: GalleryChanges) -> str:
             person = self._face_person(face_id)
             self._db.execute("DELETE FROM faces WHERE id = ?", (face_id,))
+            pending.removed.add(int(face_id))
             return person
 
         return self._write(run)
@@ -442,7 +553,7 @@ class Gallery:
         """Move a face to another person (made when new); (old name, new name)."""
         target = normalise_name(new_name)
 
-        def run():
+        def run(pending: GalleryChanges):
             old = self._face_person(face_id)
             person_id = self._person_id(target, create=True)
             self._db.execute("UPDATE faces SET person_id = ? WHERE id = ?", (person_id, face_id))
@@ -564,6 +675,7 @@ def add_to_gallery(gallery_path: str | os.PathLike, inputs: list[str | os.PathLi
             report.outcomes += _add_photos(gallery, items, model=model, flip=flip, device=device, detector=detector,
                                            upsample=upsample, faces=faces, fallback=fallback, batch_size=batch_size,
                                            on_start=on_start, on_advance=on_advance)
+        gallery.keep_index_current()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -831,8 +943,10 @@ def remove_from_gallery(gallery_path: str | os.PathLike, target: str) -> dict:
         key = unicodedata.normalize("NFC", target.strip())
         if key not in names and target.strip().isdigit():
             person = gallery.remove_face(int(target))
+            gallery.keep_index_current()
             return {"removed_faces": 1, "person": person, "face_id": int(target)}
         count = gallery.remove_person(target)
+        gallery.keep_index_current()
         return {"removed_faces": count, "person": key}
 
 
@@ -840,5 +954,6 @@ def move_in_gallery(gallery_path: str | os.PathLike, face_id: int, new_name: str
     """`facenet gallery move`: give a face to another (maybe new) person."""
     with Gallery(gallery_path) as gallery:
         old, new = gallery.move_face(int(face_id), new_name)
+        gallery.keep_index_current()
     return {"face_id": int(face_id), "from": old, "to": new}
 

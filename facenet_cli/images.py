@@ -22,6 +22,7 @@ Image.MAX_IMAGE_PIXELS = 200_000_000
 # value: 8-bit data stored in a 32-bit TIFF stays as it is, 12-bit camera data in a 16-bit
 # container is not left nearly black.
 _BIT_DEPTHS = (8, 12, 16, 24, 32)
+_ORIENTATION = 0x0112  # the EXIF tag; 1 (or absent) is upright
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -39,6 +40,41 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return decode_rgb(path, path)
 
 
+def big_jpeg(path: str | Path, pixels: int) -> bool:
+    """Whether read_preview(path, pixels) has a shortcut to offer (reads only the header)."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "JPEG" and image.mode in ("RGB", "L") and image.width * image.height >= 4 * pixels
+    except Exception:  # noqa: BLE001 (read_rgb reports the file's problem)
+        return False
+
+
+def read_preview(path: str | Path, pixels: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A reduced decode of a big JPEG for a detection pass: (RGB uint8 image of at least `pixels`
+    pixels, at most about 4x that, upright per EXIF; (height, width) of the upright full image),
+    or None where there is no such shortcut (not a JPEG, not RGB or grayscale, small, or any
+    problem: read_rgb then says what is wrong). libjpeg scales by 1/2, 1/4 or 1/8 while it
+    decodes (PIL's draft mode), so this costs a fraction of the full decode: 70 ms against 250 ms
+    for a 12 Mpx photo here."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if image.format != "JPEG" or image.mode not in ("RGB", "L") or width * height < 4 * pixels:
+                    return None
+                scale = (pixels / (width * height)) ** 0.5
+                image.draft("RGB", (int(width * scale) + 1, int(height * scale) + 1))
+                image.load()
+                orientation = image.getexif().get(_ORIENTATION, 1)
+                if orientation != 1:
+                    image = ImageOps.exif_transpose(image)
+                full = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+                return to_rgb_uint8(image), full
+    except Exception:  # noqa: BLE001 (read_rgb reports the file's problem with its own sentence)
+        return None
+
+
 class TooManyPixels(BadImage):
     """An image over the caller's pixel limit (decode_rgb's `max_pixels`), refused before decoding."""
 
@@ -54,7 +90,9 @@ def decode_rgb(source, label, max_pixels: int | None = None) -> np.ndarray:
                     raise TooManyPixels(label, f"is {image.width}x{image.height} pixels, over the limit of "
                                                f"{max_pixels:,}; send a smaller image")
                 image.load()  # decode now: truncation shows up here, not later
-                image = ImageOps.exif_transpose(image)
+                # exif_transpose copies the image even when it is upright (36 MB for 12 Mpx).
+                if image.getexif().get(_ORIENTATION, 1) != 1:
+                    image = ImageOps.exif_transpose(image)
                 return to_rgb_uint8(image)
     except BadImage:
         raise

@@ -9,7 +9,8 @@ The run, in order:
    files are `skipped` (with why), names with control characters are `bad-name`, inputs whose
    output name is taken are `collision`; files already finished by an earlier run (same input
    size and mtime, outputs present) keep their recorded outcome, marked `resumed`;
-4. align the rest in N processes that each load the detector and landmark model once. A failure
+4. align the rest in N processes that each load the detector and landmark model once (or as
+   tasks on a Ray cluster: `executor=`, see ray_executor.py; steps 1-3 and 5 stay here). A failure
    inside one image is that image's `error` outcome; each finished file's outcome is appended to
    the report at once (`aligned.ReportJournal`), so a kill loses nothing finished;
 5. rewrite the report sorted. A full disk, a dead worker process or Ctrl-C end the run with one
@@ -61,6 +62,9 @@ class AlignJob:
     faces: str = "largest"
     fallback: str = "none"  # "none", "center" or "whole"
     fallback_dir: str | None = None  # OpenFace style: the same relative path in a second tree
+    # Return each file's crops with its outcome (represent --photos embeds them at once); not a
+    # property of the aligned folder, so not in record().
+    hand_over_crops: bool = False
 
     def __post_init__(self):
         from .align import FACE_POLICIES, FALLBACKS, check_size
@@ -310,7 +314,8 @@ def _align_file(task: tuple[str, str, str, str]) -> FileOutcome:
     timings["write"] = (time.perf_counter() - t) * 1000.0
     if len(faces) > 1:
         detail = f"{len(faces)} faces"
-    return FileOutcome(rel, status, names, detail, timings)
+    return FileOutcome(rel, status, names, detail, timings,
+                       crops=[face.image for face in faces] if job.hand_over_crops else [])
 
 
 def _from_fallback_dir(job: AlignJob, aligner, rel: str):
@@ -359,14 +364,21 @@ def reusable(previous: FileOutcome | None, signature: str, stem: str, numbered: 
     return all((out / name).is_file() for name in previous.outputs)
 
 
+class WorkersLost(Exception):
+    """An executor lost its workers for good: the local pool broke, or Ray gave up retrying."""
+
+
 def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1,
                on_outcome: Callable[[FileOutcome], None] | None = None,
-               on_start: Callable[[int], None] | None = None) -> AlignReport:
+               on_start: Callable[[int], None] | None = None, executor=None) -> AlignReport:
     """Align every image under RAW into OUT (same layout, PNG); resumable; returns the report.
 
     `on_start(total)` gets the number of entries, `on_outcome(outcome)` every entry's outcome
-    as it is settled. Raises UsageError / DataError before any work, DiskFull or FacenetError
-    (a worker process died) after writing the report of what was done."""
+    as it is settled. `executor`: None for `workers` local processes, or an object whose
+    `align_files(todo, job, record, out)` aligns the files elsewhere (ray_executor.RayExecutor):
+    listing, resume, journal and report stay here, the same for both. Raises UsageError /
+    DataError before any work, DiskFull or FacenetError (a worker process died) after writing
+    the report of what was done."""
     raw, out = Path(raw), Path(out)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}.")
@@ -414,14 +426,18 @@ def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1
             journal.append(outcome)
             finished(outcome)
 
-        _run(todo, job, workers, record, out)
+        if executor is None:
+            _run(todo, job, workers, record, out)
+        else:
+            executor.align_files(todo, job, record, out)
     except BaseException as exc:
         if journal:
             journal.close()
         _write_report_of_what_was_done(folder, outcomes)
-        if isinstance(exc, BrokenProcessPool):
+        if isinstance(exc, (BrokenProcessPool, WorkersLost)):
             raise FacenetError(
-                f"A worker process died (killed, or out of memory) after {len(outcomes)} of "
+                f"A worker process died (killed, or out of memory) {'' if executor is None else str(exc) + ' '}"
+                f"after {len(outcomes)} of "
                 f"{len(settled) + len(todo)} files; what was done is recorded in {folder.report_file}, and "
                 "rerunning the same command resumes.") from None
         raise

@@ -8,6 +8,9 @@ images listed.
 """
 from __future__ import annotations
 
+import os
+import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from .reps import LABELS, META, REPS_CSV, REPS_NPY, RepsWriter, person_of
 
 if TYPE_CHECKING:
     from .embed import Embedder
+    from .jobs import AlignJob, AlignReport
 
 OUTCOMES = ("embedded", "unreadable", "wrong-size", "bad-name")
 
@@ -60,34 +64,195 @@ class RepresentReport:
                 "problems": [{"path": printable_name(p), "outcome": s, "reason": r} for p, s, r in self.problems]}
 
 
-def _decoded_batches(aligned: Path, files: list[str], batch_size: int) -> Iterator[list[tuple[str, np.ndarray | BadImage]]]:
+def decode_batch(aligned: Path, batch: list[str], skip=()) -> list[tuple[str, np.ndarray | BadImage | None]]:
+    """Each file's RGB crop, or the BadImage saying why it could not be read (None for the files
+    in `skip`: their vectors are known already)."""
+    decoded = []
+    for rel in batch:
+        if rel in skip:
+            decoded.append((rel, None))
+            continue
+        try:
+            decoded.append((rel, read_rgb(aligned / rel)))
+        except BadImage as exc:
+            decoded.append((rel, exc))
+    return decoded
+
+
+def _decoded_batches(aligned: Path, files: list[str], batch_size: int,
+                     skip=()) -> Iterator[list[tuple[str, np.ndarray | BadImage | None]]]:
     """Decode the next batch in a thread while the network runs the current one."""
-
-    def decode_batch(batch: list[str]):
-        decoded = []
-        for rel in batch:
-            try:
-                decoded.append((rel, read_rgb(aligned / rel)))
-            except BadImage as exc:
-                decoded.append((rel, exc))
-        return decoded
-
     batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(decode_batch, batches[0]) if batches else None
+        future = pool.submit(decode_batch, aligned, batches[0], skip) if batches else None
         for index in range(len(batches)):
             current = future.result()
             if index + 1 < len(batches):
-                future = pool.submit(decode_batch, batches[index + 1])
+                future = pool.submit(decode_batch, aligned, batches[index + 1], skip)
             yield current
+
+
+@dataclass
+class EmbeddedBatch:
+    """One batch's result: the embedded files with their vectors (same order), and the problems."""
+
+    files: list[str]
+    vectors: np.ndarray
+    problems: list[tuple[str, str, str]]
+    size: int  # images in the batch, embedded or not
+
+
+def embed_batch(batch: list[tuple[str, np.ndarray | BadImage]], embedder: "Embedder") -> EmbeddedBatch:
+    """Sort a decoded batch into problems (unreadable, wrong size) and embed the rest at once;
+    the local run and every Ray actor go through here, so both give the same outcomes."""
+    size = (embedder.record.align.size, embedder.record.align.size)
+    problems, good = [], []
+    for rel, image in batch:
+        if isinstance(image, BadImage):
+            problems.append((rel, "unreadable", image.reason))
+        elif image.shape[:2] != size:
+            problems.append((rel, "wrong-size", f"{image.shape[1]}x{image.shape[0]}, not {size[1]}x{size[0]}"))
+        else:
+            good.append((rel, image))
+    vectors = embedder.embed([image for _, image in good]) if good else np.zeros((0, embedder.dim), np.float32)
+    return EmbeddedBatch([rel for rel, _ in good], vectors, problems, len(batch))
+
+
+def _local_batches(aligned: Path, files: list[str], embedder: "Embedder",
+                   known: dict[str, np.ndarray] | None = None) -> Iterator[EmbeddedBatch]:
+    """Batches in the listing's order; files whose vectors are `known` (embedded from the crops
+    while aligning) are neither read nor embedded again."""
+    known = known or {}
+    for batch in _decoded_batches(aligned, files, embedder.batch_size, skip=known):
+        fresh = embed_batch([(rel, image) for rel, image in batch if rel not in known], embedder)
+        if not known:
+            yield fresh
+            continue
+        vector_of = dict(zip(fresh.files, fresh.vectors))
+        order = [rel for rel, _ in batch if rel in known or rel in vector_of]
+        vectors = (np.stack([known[rel] if rel in known else vector_of[rel] for rel in order]) if order
+                   else np.zeros((0, embedder.dim), np.float32))
+        yield EmbeddedBatch(order, vectors, fresh.problems, len(batch))
+
+
+class CropsEmbedder:
+    """Embeds the crops that align workers hand over (`AlignJob(hand_over_crops=True)`) while the
+    alignment goes on, in a thread of this process: the network and the align workers keep the
+    cores busy together, and no crop is read back from its PNG. Give `take` to `align_tree` as
+    `on_outcome`; `vectors` maps each crop's name in the aligned folder to its embedding.
+
+    The network runs on `threads` torch threads meanwhile (default: the cores the align workers
+    leave, at least one): a torch team of two spins at every barrier while an align process
+    holds the other core."""
+
+    def __init__(self, embedder: "Embedder", workers: int = 1, threads: int | None = None, queued_batches: int = 4):
+        self.embedder = embedder
+        self.vectors: dict[str, np.ndarray] = {}
+        self.threads = threads or max(1, (os.cpu_count() or 1) - workers)
+        self._pending: list[tuple[str, np.ndarray]] = []
+        # Bounded: when the network falls behind, the align loop waits instead of piling up crops.
+        self._queue: queue.Queue = queue.Queue(maxsize=queued_batches)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="facenet-crops-embedder", daemon=True)
+        self._threads_before: int | None = None
+
+    def __enter__(self) -> "CropsEmbedder":
+        import torch
+
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        self._thread.start()
+        return self
+
+    def take(self, outcome) -> None:
+        """An align outcome: queue its crops for the network and drop them from the outcome (the
+        report keeps every outcome; the crops would hold memory for the whole run)."""
+        for name, crop in zip(outcome.outputs, outcome.crops):
+            self._pending.append((name, crop))
+        outcome.crops = []
+        if len(self._pending) >= self.embedder.batch_size:
+            self._send()
+        if self._failure is not None:
+            raise self._failure
+
+    def _send(self) -> None:
+        batch, self._pending = self._pending, []
+        self._queue.put(batch)
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._failure is not None:
+                continue  # drain: the align loop stops at its next outcome
+            try:
+                vectors = self.embedder.embed([crop for _, crop in batch])
+                self.vectors.update((name, vector) for (name, _), vector in zip(batch, vectors))
+            except BaseException as exc:  # noqa: BLE001 (re-raised in the align loop / at the end)
+                self._failure = exc
+
+    def __exit__(self, exc_type, *exc) -> bool:
+        import torch
+
+        if exc_type is None and self._pending:
+            self._send()
+        self._queue.put(None)
+        self._thread.join()
+        torch.set_num_threads(self._threads_before)
+        if exc_type is None and self._failure is not None:
+            raise self._failure
+        return False
+
+
+def represent_photos(raw: str | Path, out: str | Path, embedder: "Embedder", job: "AlignJob", workers: int = 1,
+                     executor=None, on_align_start: Callable[[int], None] | None = None,
+                     on_align_outcome: Callable | None = None, on_start: Callable[[int], None] | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> tuple["AlignReport", RepresentReport]:
+    """Raw photos to embeddings (`facenet represent RAW OUT --photos`): align RAW into
+    OUT/aligned (the same folder, report and resume rules as `facenet align`), then write OUT's
+    representation files from every crop there. Locally the crops are embedded while the
+    alignment goes on (CropsEmbedder), so the rows equal `represent_tree` of the aligned folder
+    within float rounding; on an executor (Ray) the two stages run one after the other."""
+    from dataclasses import replace
+
+    from .jobs import align_tree
+
+    out = Path(out)
+    aligned = out / "aligned"
+
+    def outcome_seen(outcome) -> None:
+        if on_align_outcome:
+            on_align_outcome(outcome)
+
+    if executor is not None:
+        align_report = align_tree(raw, aligned, job, workers, on_outcome=outcome_seen, on_start=on_align_start,
+                                  executor=executor)
+        known = None
+    else:
+        with CropsEmbedder(embedder, workers) as crops:
+            def take(outcome) -> None:
+                crops.take(outcome)
+                outcome_seen(outcome)
+
+            align_report = align_tree(raw, aligned, replace(job, hand_over_crops=True), workers,
+                                      on_outcome=take, on_start=on_align_start)
+        known = crops.vectors
+    report = represent_tree(aligned, out, embedder, on_start=on_start, on_batch=on_batch, executor=executor,
+                            known=known)
+    return align_report, report
 
 
 def represent_tree(aligned: str | Path, out: str | Path, embedder: "Embedder",
                    on_start: Callable[[int], None] | None = None,
-                   on_batch: Callable[[int], None] | None = None) -> RepresentReport:
+                   on_batch: Callable[[int], None] | None = None, executor=None,
+                   known: dict[str, np.ndarray] | None = None) -> RepresentReport:
     """Embed every aligned image under ALIGNED into OUT's labels.csv, reps.csv, reps.npy and
     meta.json. Per-image problems are outcomes in the report; the run fails (DataError) only
-    when no image at all could be embedded."""
+    when no image at all could be embedded.
+
+    `executor`: None to embed here with `embedder`, or an object whose
+    `embed_batches(aligned, files, embedder)` yields the EmbeddedBatch of each batch of
+    `embedder.batch_size` files, in order, computed elsewhere (ray_executor.RayExecutor: an
+    actor pool). Either way the rows are written here, in the listing's order. `known`: vectors
+    already computed from the crops themselves (represent_photos), by name in ALIGNED."""
     aligned, out = Path(aligned), Path(out)
     if not aligned.is_dir():
         raise UsageError(f"The aligned folder {aligned} does not exist; run `facenet align` first.")
@@ -103,26 +268,18 @@ def represent_tree(aligned: str | Path, out: str | Path, embedder: "Embedder",
     if on_batch and problems:
         on_batch(len(problems))
     started = time.perf_counter()
-    size = (record.align.size, record.align.size)
     meta = {"model": record.to_dict(), "aligned": str(aligned.resolve()), "flip": embedder.flip, "normalised": True,
             "precision": embedder.precision, "tta": embedder.tta}
     with RepsWriter(out, max(len(files), 1), record.embedding_dim, meta) as writer:
-        for batch in _decoded_batches(aligned, files, embedder.batch_size):
-            good = []
-            for rel, image in batch:
-                if isinstance(image, BadImage):
-                    problems.append((rel, "unreadable", image.reason))
-                elif image.shape[:2] != size:
-                    problems.append((rel, "wrong-size", f"{image.shape[1]}x{image.shape[0]}, not {size[1]}x{size[0]}"))
-                else:
-                    good.append((rel, image))
-            if good:
-                vectors = embedder.embed([image for _, image in good])
-                for (rel, _), vector in zip(good, vectors):
-                    path = str(aligned / rel)
-                    writer.add(path, person_of(path), vector)
+        batches = (_local_batches(aligned, files, embedder, known) if executor is None
+                   else executor.embed_batches(aligned, files, embedder))
+        for batch in batches:
+            problems.extend(batch.problems)
+            for rel, vector in zip(batch.files, batch.vectors):
+                path = str(aligned / rel)
+                writer.add(path, person_of(path), vector)
             if on_batch:
-                on_batch(len(batch))
+                on_batch(batch.size)
         if writer.rows == 0:
             shown = "; ".join(f"{printable_name(p)}: {r}" for p, _, r in problems[:3])
             raise DataError(f"None of the {len(problems)} images in {aligned} could be embedded ({shown}), "

@@ -3,8 +3,9 @@
 Each file is a catalogue entry with its SHA-256 (`catalogue.MODEL_FILES`, and the ResNet's
 `ModelRecord`); `dlib_model_path` hands out a path only after the file passed that check, so a
 damaged `.dat` file ends in one ChecksumMismatch sentence that names it and says how to repair
-it, instead of a dlib RuntimeError. Digests are remembered per (path, size, mtime) for the life
-of the process (hub.file_sha256), so asking again is free.
+it, instead of a dlib RuntimeError. Digests are remembered per (path, size, mtime, inode, ctime)
+in the process and, across processes, in the cache folder (hub.verified_sha256), so asking again
+is free while the file is unchanged, and any change to it means hashing it again.
 
 The files ship with the `face-recognition-models` wheel, found through its metadata without
 importing it (its `__init__` imports `pkg_resources`, which new setuptools removed);

@@ -74,7 +74,7 @@ def test_embed_speed_quick():
 
 def test_end_to_end_quick():
     out = run_quick("end_to_end")
-    ours, = figure(rf"^ours \(align_tree \+ represent_tree\)\s+{NUMBER}", out)
+    ours, = figure(rf"^ours \(represent_photos, overlapped\)\s+{NUMBER}", out)
     theirs, = figure(rf"^theirs \(face_recognition defaults\)\s+{NUMBER}", out)
     ratio, = figure(rf"ratio ours / theirs: {NUMBER}x", out)
     assert ratio == pytest.approx(ours / theirs, abs=0.01)
@@ -239,3 +239,18 @@ def test_startup_quick():
                             "python -c 'import torch'"}, out
     assert seconds["facenet --help"] < seconds["python -c 'import torch'"]  # --help loads no engine
     assert seconds["facenet compare a b"] < seconds["plain path (torch network, detector built)"]
+
+
+def test_ray_overhead_quick():
+    """The Ray executor's outputs equal the local executor's on the same images, and the table and
+    the on-paper million-photo estimate are printed from measured per-image costs."""
+    out = run_quick("ray_overhead")
+    assert re.search(r"same outputs: crops byte-identical True, report identical True, "
+                     r"largest embedding difference ([0-9.e+-]+)", out), out[-2000:]
+    difference, = figure(r"largest embedding difference ([0-9.]+e[+-][0-9]+)", out)
+    assert difference <= 1e-5
+    local, ray, ratio = figure(rf"^both\s+{NUMBER}\s+{NUMBER}\s+.*\s+{NUMBER}x$", out)
+    assert ratio == pytest.approx(ray / local, rel=0.1)
+    one_node, = figure(rf"^\s+1\s+{NUMBER}$", out)
+    ten_nodes, = figure(rf"^\s+10\s+{NUMBER}$", out)
+    assert 0 < ten_nodes <= one_node

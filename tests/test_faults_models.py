@@ -149,3 +149,96 @@ def test_a_damaged_copy_never_changes_the_installed_file(dlib_models, monkeypatc
     assert bad != source and not bad.is_symlink()
     monkeypatch.delenv(hub.DLIB_MODELS_ENV)
     assert resources.dlib_model_path(resources.SHAPE_PREDICTOR_5) == source  # verified, so intact
+
+
+# --- verified once, then changed: the stamp in the cache folder must not vouch for it ---------------
+
+@pytest.fixture
+def fresh_process(monkeypatch, tmp_path):
+    """hub's memory of digests and stamps as in a new process, with a cache folder of its own;
+    files changed more than 0.2 s before they are hashed may be stamped (instead of 2 s)."""
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "_RACY_SECONDS", 0.2)
+
+    def restart():
+        monkeypatch.setattr(hub, "_digests", {})
+        monkeypatch.setattr(hub, "_stamps", {})
+
+    restart()
+    return restart
+
+
+def _stamps(tmp_path) -> dict:
+    return json.loads((tmp_path / "cache" / hub.VERIFIED_FILES).read_text())["files"]
+
+
+@pytest.mark.parametrize("change", ["same-size-same-mtime", "replaced"])
+def test_a_file_changed_after_it_was_verified_is_hashed_again_and_refused(dlib_models, fresh_process, tmp_path,
+                                                                          change):
+    import os
+    import time
+
+    from facenet_cli.align import LandmarkPredictor
+
+    good = dlib_models.originals[resources.SHAPE_PREDICTOR_5].read_bytes()
+    target = dlib_models(resources.SHAPE_PREDICTOR_5, "flipped")
+    target.write_bytes(good)  # a good private copy, to be damaged after it is verified
+    time.sleep(0.3)
+    assert resources.dlib_model_path(resources.SHAPE_PREDICTOR_5) == target
+    stamp = _stamps(tmp_path)[str(target.resolve())]
+    assert stamp["sha256"] == file_entry(resources.SHAPE_PREDICTOR_5).weights.sha256
+
+    before = target.stat()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF
+    if change == "replaced":  # a new file put in place (new inode), its times set back to the old ones
+        spare = target.with_name("spare")
+        spare.write_bytes(bytes(damaged))
+        os.replace(spare, target)
+    else:  # rewritten in place: same size, mtime set back as it was
+        with open(target, "r+b") as fh:
+            fh.write(bytes(damaged))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    fresh_process()
+    with pytest.raises(ChecksumMismatch) as info:
+        LandmarkPredictor(5)
+    assert str(target) in one_sentence(str(info.value))
+    # Still refused on the next call: no stamp vouches for the file as it is now.
+    fresh_process()
+    with pytest.raises(ChecksumMismatch):
+        resources.dlib_model_path(resources.SHAPE_PREDICTOR_5)
+    now = target.stat()
+    recorded = _stamps(tmp_path).get(str(target.resolve()), {})
+    assert not (recorded.get("sha256") == stamp["sha256"] and recorded.get("inode") == now.st_ino
+                and recorded.get("ctime_ns") == now.st_ctime_ns)
+
+
+def test_an_unchanged_verified_file_is_not_hashed_again(dlib_models, fresh_process, tmp_path, monkeypatch):
+    dlib_models(resources.SHAPE_PREDICTOR_68)  # the 5-point file stays a link to the installed one
+    resources.dlib_model_path(resources.SHAPE_PREDICTOR_5)
+    source = dlib_models.originals[resources.SHAPE_PREDICTOR_5]
+    assert str(source.resolve()) in _stamps(tmp_path)
+
+    fresh_process()
+    hashed = []
+    real_hash = hub._hash_file
+    monkeypatch.setattr(hub, "_hash_file", lambda path: hashed.append(path) or real_hash(path))
+    assert resources.dlib_model_path(resources.SHAPE_PREDICTOR_5).resolve() == source.resolve()
+    assert hashed == []
+    # A damaged stamp file is no reason to fail: the file is hashed and stamped again.
+    (tmp_path / "cache" / hub.VERIFIED_FILES).write_text("{not json")
+    fresh_process()
+    assert resources.dlib_model_path(resources.SHAPE_PREDICTOR_5).resolve() == source.resolve()
+    assert hashed == [str(source.resolve())]
+    assert str(source.resolve()) in _stamps(tmp_path)
+
+
+def test_a_file_written_just_now_is_not_stamped(dlib_models, fresh_process, tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "_RACY_SECONDS", 2.0)
+    target = dlib_models(resources.SHAPE_PREDICTOR_5, "flipped")
+    target.write_bytes(dlib_models.originals[resources.SHAPE_PREDICTOR_5].read_bytes())
+    assert resources.dlib_model_path(resources.SHAPE_PREDICTOR_5) == target  # verified...
+    stamps_file = tmp_path / "cache" / hub.VERIFIED_FILES
+    assert not stamps_file.exists() or str(target.resolve()) not in _stamps(tmp_path)  # ...but not stamped

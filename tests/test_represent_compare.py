@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,34 @@ def test_represent_flip_averages_with_the_mirror(aligned_chips, tmp_path):
     cosine = (a * b).sum(1)
     assert (cosine < 0.99999).all() and (cosine > 0.95).all()  # changed, but the same faces
     assert read_reps(flipped).meta["flip"] is True
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_represent_photos_embeds_the_crops_while_aligning(aligned_chips, tmp_path, monkeypatch, workers):
+    """represent --photos embeds each fresh crop as align hands it over (no PNG read back), and
+    reads from disk only the crops an earlier run aligned; the rows equal represent_tree's."""
+    import facenet_cli.represent as represent_module
+    from facenet_cli.embed import Embedder
+    from facenet_cli.hub import resolve_model
+    from facenet_cli.represent import represent_photos, represent_tree
+
+    embedder = Embedder(resolve_model("dlib-resnet.v1"), device="cpu", batch_size=4, engine="torch")
+    job = AlignJob(spec=embedder.record.align)
+    raw, out = aligned_chips / "raw", tmp_path / "reps"
+    # An earlier run aligned one person: those 3 crops are on disk, the other 6 are fresh.
+    align_tree(raw, out / "aligned", job)
+    for crop in (out / "aligned" / "Serena_Williams").iterdir():
+        crop.unlink()
+    (out / "aligned" / "Tony_Blair").rename(tmp_path / "blair")
+    reads = []
+    real_read = represent_module.read_rgb
+    monkeypatch.setattr(represent_module, "read_rgb", lambda path: reads.append(path) or real_read(path))
+    align_report, report = represent_photos(raw, out, embedder, job, workers=workers)
+    assert align_report.counts["aligned"] == 9 and report.count == 9
+    assert sorted(p.parent.name for p in reads) == ["Colin_Powell"] * 3
+    monkeypatch.setattr(represent_module, "read_rgb", real_read)
+    direct = represent_tree(out / "aligned", tmp_path / "direct", embedder)
+    assert direct.count == 9
+    mine, theirs = read_reps(out), read_reps(tmp_path / "direct")
+    assert [Path(p).name for p in mine.paths] == [Path(p).name for p in theirs.paths]
+    assert np.allclose(mine.embeddings, theirs.embeddings, atol=1e-5)

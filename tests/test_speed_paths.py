@@ -124,3 +124,44 @@ def test_compare_of_two_photos_imports_no_torch(examples_dir, torch_embedder, tm
     expected = compare_photos([examples_dir / "lennon-1.jpg", examples_dir / "lennon-2.jpg"], aligner, torch_embedder)
     assert result["pairs"][0]["squared_l2"] == pytest.approx(float(expected.distances[0, 1]), abs=1e-5)
     assert result["pairs"][0]["same_person"] is True
+
+
+def test_photos_aligned_in_forked_workers_give_the_same_faces(examples_dir, tmp_path, monkeypatch):
+    """compare's parallel alignment (forked processes sharing the loaded models) against the
+    plain loop: the same faces, boxes, embeddings and problems, in input order."""
+    from facenet_cli import compare
+    from facenet_cli.align import FaceAligner
+
+    blank = tmp_path / "blank.png"
+    from PIL import Image
+
+    Image.new("RGB", (120, 90), (128, 128, 128)).save(blank)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((examples_dir / "clapton-1.jpg").read_bytes()[:300])
+    photos = [examples_dir / "lennon-1.jpg", broken, examples_dir / "clapton-1.jpg", blank,
+              examples_dir / "lennon-2.jpg"]
+    aligner = FaceAligner(RECORD.align, "hog", "auto", "all", "none")
+    embedder = Embedder(RECORD, device="cpu", engine="dlib")
+
+    pids = tmp_path / "pids"
+    plain_align_photo = compare.align_photo
+
+    def recording(path, *args):
+        with open(pids, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return plain_align_photo(path, *args)
+
+    monkeypatch.setattr(compare, "align_photo", recording)
+    serial_faces, serial_problems = compare.find_faces(photos, aligner, embedder, workers=1)
+    assert set(pids.read_text().split()) == {str(os.getpid())}
+    pids.unlink()
+    parallel_faces, parallel_problems = compare.find_faces(photos, aligner, embedder, workers=3)
+    assert len(set(pids.read_text().split())) == 3  # this process and two forked ones
+
+    assert [f.label for f in serial_faces] == ["lennon-1.jpg", "clapton-1.jpg", "lennon-2.jpg"]
+    assert set(serial_problems) == {"broken.jpg", "blank.png"}
+    assert parallel_problems == serial_problems
+    assert [(f.label, f.path, f.box, f.fallback) for f in parallel_faces] == \
+        [(f.label, f.path, f.box, f.fallback) for f in serial_faces]
+    np.testing.assert_array_equal(np.stack([f.embedding for f in parallel_faces]),
+                                  np.stack([f.embedding for f in serial_faces]))

@@ -9,7 +9,9 @@ Exit codes (one convention for our errors and the parser's): 0 done, 1 the job f
 """
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Upsample  # noqa: F401 (re-exported)
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, FacenetError, is_disk_full, write_error
@@ -34,6 +36,52 @@ def _print_error(message: str) -> None:
 def _plain_error(message: str, code: int) -> None:
     _print_error(message)
     sys.exit(code)
+
+
+class _Deferred(type):
+    """A stand-in class for `module.name` that imports the real one when called or asked for an
+    attribute (`Traceback.from_exception`); `|` in annotations works as on any class."""
+
+    def __call__(cls, *args, **kwargs):
+        return cls._real()(*args, **kwargs)
+
+    def __getattr__(cls, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(cls._real(), attr)
+
+    def _real(cls):
+        import importlib
+
+        return getattr(importlib.import_module(cls.__module__), cls.__name__)
+
+
+# What typer's help renderer imports at its top but uses only for markup_mode="markdown" and for
+# pretty tracebacks, neither of which facenet uses: together about half of `facenet --help`'s
+# CPU time (markdown-it, pygments, rich's Syntax).
+_HELP_RENDERER_EXTRAS = {"rich.markdown": "Markdown", "rich.traceback": "Traceback"}
+
+
+def _import_help_renderer() -> None:
+    """Import `typer.rich_utils` with stand-ins for rich.markdown's Markdown and rich.traceback's
+    Traceback, which import the real modules if they are ever used; the help it renders is the
+    same (tests/test_startup.py compares it with a plain import's)."""
+    if "typer.rich_utils" in sys.modules:
+        return
+    import types
+
+    stand_ins = {}
+    for module, name in _HELP_RENDERER_EXTRAS.items():
+        if module not in sys.modules:
+            stand_ins[module] = types.ModuleType(module)
+            setattr(stand_ins[module], name, _Deferred(name, (), {"__module__": module}))
+    sys.modules.update(stand_ins)
+    try:
+        import typer.rich_utils  # noqa: F401
+    finally:
+        for module, stand_in in stand_ins.items():  # later imports get the real modules
+            if sys.modules.get(module) is stand_in:
+                del sys.modules[module]
 
 
 class FacenetGroup(TyperGroup):
@@ -59,6 +107,38 @@ class FacenetGroup(TyperGroup):
             sys.exit(code)
         return code
 
+    def format_help(self, ctx, formatter):
+        _import_help_renderer()
+        return super().format_help(ctx, formatter)
+
+    def resolve_command(self, ctx, args):
+        """The command to run, built from its function now if it was listed lazily."""
+        name, found, rest = super().resolve_command(ctx, args)
+        if isinstance(found, _LazyCommand):
+            found = self.commands[name] = found.build()
+        return name, found, rest
+
+
+class FacenetCommand(TyperCommand):
+    """A command whose --help imports typer's renderer the light way."""
+
+    def format_help(self, ctx, formatter):
+        _import_help_renderer()
+        return super().format_help(ctx, formatter)
+
+
+class _LazyCommand(TyperCommand):
+    """A command's name and help only, for the group's command list; `build` makes the real one.
+
+    Typer turns a function into a click command by evaluating every annotation of its signature
+    (~4 ms a command here); `facenet --help` needs only the names and summaries, and
+    `facenet compare ...` only compare's parameters.
+    """
+
+    def __init__(self, name: str, help: str | None, build: Callable[[], Any], **listing):
+        super().__init__(name=name, help=help, **listing)
+        self.build = build
+
 
 app = typer.Typer(
     name="facenet",
@@ -70,6 +150,41 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def lazy_group(typer_app: typer.Typer | None = None) -> FacenetGroup:
+    """The click group of `typer_app` (default: `app`) whose commands are built when first run
+    (or asked for their own --help); what `facenet` runs. Listing them shows exactly what
+    `typer.main.get_command(app)` would (tests/test_startup.py compares the two)."""
+    import typer.main as typer_main
+
+    typer_app = typer_app or app
+    shell = copy.copy(typer_app)  # the group itself (name, help, settings) without its commands
+    shell.registered_commands, shell.registered_groups = [], []
+    group = typer_main.get_group(shell)
+    settings = {"pretty_exceptions_short": typer_app.pretty_exceptions_short,
+                "rich_markup_mode": typer_app.rich_markup_mode}
+    for info in typer_app.registered_commands:
+        name = info.name or typer_main.get_command_name(info.callback.__name__)
+        help_text = inspect.cleandoc(info.help) if info.help is not None else inspect.getdoc(info.callback)
+        group.add_command(_LazyCommand(
+            name, help_text, functools.partial(typer_main.get_command_from_info, info, **settings),
+            short_help=info.short_help, hidden=info.hidden, deprecated=info.deprecated,
+            rich_help_panel=info.rich_help_panel), name)
+    for info in typer_app.registered_groups:
+        solved = typer_main.solve_typer_info_defaults(info)
+        if not solved.name:  # a nameless sub-app lends its commands to the group: built now
+            sub_group = typer_main.get_group_from_info(info, suggest_commands=typer_app.suggest_commands, **settings)
+            for name, sub_command in sub_group.commands.items():
+                group.add_command(sub_command, name)
+            continue
+        group.add_command(_LazyCommand(
+            solved.name, solved.help,
+            functools.partial(typer_main.get_group_from_info, info, suggest_commands=typer_app.suggest_commands,
+                              **settings),
+            short_help=solved.short_help, hidden=solved.hidden, deprecated=solved.deprecated,
+            rich_help_panel=solved.rich_help_panel), solved.name)
+    return group
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
@@ -105,6 +220,7 @@ def command(fn: Callable | None = None, **settings) -> Callable:
     if fn is None:
         return lambda f: command(f, **settings)
     name = fn.__name__.replace("_command", "").replace("_", "-")
+    settings.setdefault("cls", FacenetCommand)
     return app.command(name, **settings)(guarded(fn))
 
 

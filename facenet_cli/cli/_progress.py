@@ -49,10 +49,11 @@ class CountingProgress:
         rate = self._done / max(time.perf_counter() - self._started, 1e-9)
         self._progress.update(self._task, completed=self._done, rate=f"{rate:.1f} {self.unit}")
 
-    def stage(self, description: str, total: int | None = None) -> None:
+    def stage(self, description: str, total: int | None = None, unit: str | None = None) -> None:
         """A job of several stages: mark the current one done and count the next on its own line."""
         self._complete()
         self.description, self._task, self._done = description, None, 0
+        self.unit = unit or self.unit
         self.on_start(total)
 
     def _complete(self) -> None:

@@ -6,12 +6,42 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..choices import DEFAULT_MODEL, MAX_SIZE, MIN_SIZE, Detector, FacePolicy, Fallback, Landmarks, Upsample
+from ..choices import DEFAULT_MODEL, MAX_SIZE, MIN_SIZE, Detector, Executor, FacePolicy, Fallback, Landmarks, Upsample
 from ._app import (DetectorOption, FacesOption, FallbackDirOption, FallbackOption, JsonOption, ModelOption,
                    UpsampleOption, command, console, print_json)
 
 if TYPE_CHECKING:
     from ..jobs import AlignJob, AlignReport
+    from ..ray_executor import RayExecutor
+
+# Shared with `facenet represent`.
+ExecutorOption = Annotated[Executor, typer.Option(
+    "--executor", help="local: processes on this machine; ray: tasks on a Ray cluster (Ray comes with the ray "
+    "extra of facenet-cli, or pip install 'ray>=2.40'). On a cluster of several machines the input and output folders (and the model files) "
+    "must be on storage every node sees under the same path.")]
+AddressOption = Annotated[Optional[str], typer.Option(
+    "--address", help="With --executor ray: the cluster's address (host:port, as `ray start --head` prints it). "
+    "Default: the cluster Ray finds (RAY_ADDRESS, or the latest `ray start` on this machine), else a local one "
+    "started for this run.")]
+WorkersOption = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, help="Processes, each loading the detector once (default 1); with --executor ray: align "
+    "tasks running at once at most (default: twice the cluster's CPUs).")]
+
+
+def executor_for(executor: Executor, address: Optional[str], workers: Optional[int]):
+    """A context manager giving the job's executor: None (local processes) or a RayExecutor,
+    disconnected (and a cluster it started stopped) at the end."""
+    from contextlib import nullcontext
+
+    if executor == Executor.local:
+        if address:
+            from ..errors import UsageError
+
+            raise UsageError("--address names a Ray cluster; add --executor ray to use it.")
+        return nullcontext(None)
+    from ..ray_executor import RayExecutor
+
+    return RayExecutor(address=address, max_tasks=workers)
 
 
 
@@ -46,7 +76,9 @@ def align_command(
     faces: FacesOption = FacePolicy.largest,
     fallback: FallbackOption = Fallback.none,
     fallback_dir: FallbackDirOption = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes; each loads the detector once.")] = 1,
+    workers: WorkersOption = None,
+    executor: ExecutorOption = Executor.local,
+    address: AddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Align every face under RAW into OUT for a model's template.
@@ -61,6 +93,8 @@ def align_command(
 
     Exit 0 when the run finished (files without a face are outcomes), 1 when it could not (full disk), 2 on usage.
 
+    With --executor ray each file is a task on a Ray cluster; RAW and OUT must then be on storage every node sees. The outputs are the same as a local run's.
+
     Example: facenet align ~/photos aligned/ --workers 2
     """
     from ..jobs import AlignJob
@@ -73,22 +107,24 @@ def align_command(
         fallback=fallback.value,
         fallback_dir=str(fallback_dir) if fallback_dir else None,
     )
-    report = run_with_progress(raw, out, job, workers)
+    with executor_for(executor, address, workers) as runner:
+        report = run_with_progress(raw, out, job, workers or 1, executor=runner)
     if as_json:
         print_json(report.summary())
     else:
         print_summary(report)
 
 
-def run_with_progress(raw: Path, out: Path, job: "AlignJob", workers: int) -> "AlignReport":
+def run_with_progress(raw: Path, out: Path, job: "AlignJob", workers: int,
+                      executor: "RayExecutor | None" = None) -> "AlignReport":
     """`align_tree` with a progress bar on stderr, shown once the folders are checked (a usage
-    error stays one line)."""
+    error stays one line); the same bar for a Ray run, advanced as its outcomes arrive."""
     from ..jobs import align_tree
     from ._progress import CountingProgress
 
     with CountingProgress("Aligning", "entries/s") as bar:
         return align_tree(raw, out, job, workers, on_outcome=lambda _outcome: bar.on_advance(),
-                          on_start=bar.on_start)
+                          on_start=bar.on_start, executor=executor)
 
 
 def print_summary(report: "AlignReport") -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..choices import Detector, IdentifyMethod, Upsample
+from ..choices import Detector, IdentifyMethod, IndexUse, Upsample
 from ._app import DetectorOption, DeviceOption, JsonOption, command, console, err_console, print_json
 
 
@@ -33,6 +33,9 @@ def identify_command(
     device: DeviceOption = "auto",
     detector: DetectorOption = Detector.hog,
     upsample: Annotated[Upsample, typer.Option("--upsample", help="Detector upsampling 0-4, or auto.")] = Upsample.auto,
+    index: Annotated[IndexUse, typer.Option(
+        "--index", help="auto: search the gallery's index (kept beside it, rebuilt when stale) once exact "
+        "matching would scan 10,000 vectors per query; always; never (exact).")] = IndexUse.auto,
     as_csv: Annotated[bool, typer.Option(
         "--csv", help="Print CSV on stdout (one row per face) instead of a table.")] = False,
     as_json: JsonOption = False,
@@ -47,7 +50,7 @@ def identify_command(
     with CountingProgress("Identifying", "photos/s") as bar:
         result = identify(gallery, [str(p) for p in photos], method=method.value if method else None, far=far,
                           threshold=threshold, top=top, k=k, device=device.value, detector=detector.value,
-                          upsample=upsample.value, model=model, on_start=bar.on_start, on_advance=bar.on_advance)
+                          upsample=upsample.value, model=model, use_index=index.value, on_start=bar.on_start, on_advance=bar.on_advance)
     if as_json:
         print_json(result.to_dict())
     elif as_csv:

@@ -76,13 +76,21 @@ def train_command(
     Example: facenet train aligned96/ run1 --arch nn4.small2 --epochs 20 --val-pairs lfw/pairsDevTest.txt --val-aligned lfw-96/
 
     Resume a stopped run (bit-identical to an uninterrupted one on the CPU): facenet train --resume run1 --epochs 40
+
+    Several processes (DistributedDataParallel; gloo on CPUs, nccl on GPUs), each embedding its share of
+    every P x K batch: torchrun --nproc-per-node 2 -m facenet_cli train aligned96/ run1 (only rank 0 writes
+    and prints; --resume works the same way).
     """
+    from contextlib import nullcontext
+
+    from ..training.distributed import env_rank
     from ..training.train import TrainConfig, resume, train
 
     if resume_dir is not None:
         refuse_options_with_resume(ctx)
     given_device = ctx.get_parameter_source("device").name != "DEFAULT"
-    callbacks, progress = progress_callbacks(json_output)
+    main_process = env_rank() == 0  # under torchrun only rank 0 reports
+    callbacks, progress = progress_callbacks(json_output) if main_process else (None, nullcontext())
     with progress:
         if resume_dir is not None:
             report = resume(resume_dir, epochs, minutes, callbacks,
@@ -102,6 +110,8 @@ def train_command(
                 val_train_pairs=str(val_train_pairs) if val_train_pairs else None,
                 val_aligned=str(val_aligned) if val_aligned else None)
             report = train(config, callbacks)
+    if not main_process:
+        return
     if json_output:
         print_json(report.to_dict())
     else:

@@ -14,6 +14,10 @@ WORKDIR gets, every epoch: `checkpoint-epochNNN.pt` (record + weights, usable as
 written atomically (facenet_cli/checkpoints.py, facenet_cli/atomic.py), and `last.pt` is written
 last: it is the commit point of an epoch, so a run killed anywhere resumes from the last epoch
 whose files are all complete, and a full disk leaves the previous `last.pt` as it was.
+
+Under torchrun (WORLD_SIZE > 1) the same loop runs on every process with DistributedDataParallel
+(facenet_cli/training/distributed.py): each rank embeds its share of the global batch, and the
+loss, the triplets and the batch-norm statistics are those of the global batch.
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ from ..lfw import pair_distances
 from ..verification import PairDistances, evaluate_distances
 from ..nets.nn4 import ARCHITECTURE_NAMES, FaceNetInception, default_record
 from ..reps import Reps
+from .distributed import (Distributed, OtherRankFailed, check_divisible, distributed_session, rank_device,
+                          share, wrap_ddp)
 from .data import DEFAULT_CACHE_LIMIT, TrainingSet, ValidationSet, load_training_set, load_validation_set
 from .losses import distillation_loss, triplet_loss
 from .miners import MINERS, OpenFaceTripletMiner, make_miner
@@ -258,19 +264,29 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device).permute(0, 3, 1, 2).float()
 
 
-def mirror(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each NHWC image flipped left-right with probability 1/2."""
-    flip = torch.rand(len(images), generator=generator) < 0.5
+def mirror_mask(count: int, generator: torch.Generator) -> torch.Tensor:
+    """Which of `count` images to flip: each with probability 1/2 (drawn for the whole global batch,
+    so that every rank of a distributed run flips its share as a single process would)."""
+    return torch.rand(count, generator=generator) < 0.5
+
+
+def mirror(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """The NHWC images flipped left-right where `flip` is true."""
     return torch.where(flip[:, None, None, None], images.flip(2), images)
 
 
 class Trainer:
     def __init__(self, config: TrainConfig, callbacks: Callbacks | None = None,
-                 cache_limit: int = DEFAULT_CACHE_LIMIT):
+                 cache_limit: int = DEFAULT_CACHE_LIMIT, session: Distributed | None = None):
         config.check()
         self.config = config
-        self.callbacks = callbacks or Callbacks()
-        self.device = pick_device(config.device)
+        self.session = session
+        # Only rank 0 reports; the other ranks train silently beside it.
+        self.callbacks = (callbacks if session is None or session.is_main else None) or Callbacks()
+        self.device = rank_device(pick_device(config.device), session)
+        if session is not None:
+            check_divisible(config.people_per_batch, config.images_per_person, config.distill_images,
+                            session.world_size)
         self.base, init_state = start_record(config)
         self.out = Path(config.out)
         # Every input is checked before the network is built or a file written.
@@ -284,6 +300,8 @@ class Trainer:
         if init_state is not None:
             self.model.load_state_dict(init_state)
         self.model.to(self.device, memory_format=torch.channels_last)
+        # What the batches go through: the network itself, or its DDP wrapper (same parameters).
+        self.net = self.model if session is None else wrap_ddp(self.model, session, self.device)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.sampler = PKBatchSampler(self.data.labels.tolist(), config.people_per_batch, config.images_per_person,
                                       seed=config.seed, batches_per_epoch=config.batches_per_epoch)
@@ -305,9 +323,16 @@ class Trainer:
 
     # -- one epoch
 
+    def local_positions(self, pk: int, extra: int) -> list[int]:
+        """Positions in the global batch (P x K images, then the extra images) this rank embeds."""
+        if self.session is None:
+            return list(range(pk + extra))
+        rank, world = self.session.rank, self.session.world_size
+        return list(range(pk))[share(pk, rank, world)] + list(range(pk, pk + extra))[share(extra, rank, world)]
+
     def train_epoch(self, epoch: int) -> EpochRow:
-        cfg, model = self.config, self.model
-        model.train()
+        cfg, model, net = self.config, self.model, self.net
+        net.train()
         self.sampler.set_epoch(epoch)
         batches = len(self.sampler)
         if self.callbacks.on_epoch_start:
@@ -316,19 +341,23 @@ class Trainer:
         sums = {"loss": 0.0, "triplet": 0.0, "distill": 0.0, "triplets": 0}
         seen = 0
         for b, pk_indices in enumerate(self.sampler):
-            indices = list(pk_indices)
+            indices = list(pk_indices)  # the global batch: the same on every rank
             if cfg.distill_images:
                 extra = torch.randint(len(self.data.images), (cfg.distill_images,),
                                       generator=torch.Generator().manual_seed(batch_seed(cfg.seed, epoch, b, 3)))
                 indices += extra.tolist()
             pk = len(pk_indices)
-            images = self.data.images.batch(indices)
+            mine = self.local_positions(pk, len(indices) - pk)
+            images = self.data.images.batch([indices[i] for i in mine])
             if cfg.flip:
-                images = mirror(images, torch.Generator().manual_seed(batch_seed(cfg.seed, epoch, b, 1)))
+                flips = mirror_mask(len(indices), torch.Generator().manual_seed(batch_seed(cfg.seed, epoch, b, 1)))
+                images = mirror(images, flips[mine])
             labels = self.data.labels[pk_indices].to(self.device)
             if isinstance(self.miner, OpenFaceTripletMiner):
                 self.miner.generator.manual_seed(batch_seed(cfg.seed, epoch, b, 2))
-            all_embeddings = model(to_input(images, self.device))
+            all_embeddings = net(to_input(images, self.device))
+            if self.session is not None:
+                all_embeddings = self.session.gather_batch(all_embeddings, pk // self.session.world_size)
             embeddings = all_embeddings[:pk]  # triplets only among the P x K images
             triplets = self.miner(embeddings, labels)
             loss_triplet = self.triplet_loss(embeddings, labels, indices_tuple=triplets)
@@ -354,7 +383,7 @@ class Trainer:
         row = EpochRow(epoch=epoch, loss=sums["loss"] / batches, triplet_loss=sums["triplet"] / batches,
                        distill_loss=sums["distill"] / batches, triplets_per_batch=sums["triplets"] / batches,
                        images_per_s=seen / seconds, seconds=seconds)
-        if self.val is not None:
+        if self.val is not None and (self.session is None or self.session.is_main):
             row.val_accuracy, row.val_threshold = validate(model, self.val, self.device)
         return row
 
@@ -391,25 +420,50 @@ class Trainer:
                                           "history": [asdict(r) for r in self.history]})
         return path
 
+    def commit(self) -> Path:
+        """save() on rank 0; under torchrun the other ranks learn whether it worked and stop with it."""
+        if self.session is None:
+            return self.save()
+        failed = 0
+        path = self.out / f"checkpoint-epoch{self.epoch:03d}.pt"
+        try:
+            if self.session.is_main:
+                path = self.save()
+        except BaseException:
+            failed = 1
+            raise
+        finally:
+            if self.session.from_main(failed) and not self.session.is_main:
+                raise OtherRankFailed(f"Rank 0 could not write the epoch {self.epoch} checkpoint into {self.out} "
+                                      "(its message says why); this rank stops with it.")
+        return path
+
+    def out_of_time(self, started: float) -> bool:
+        """--minutes spent? Rank 0's clock decides for every rank."""
+        cfg = self.config
+        spent = cfg.minutes is not None and time.perf_counter() - started >= cfg.minutes * 60
+        return bool(self.session.from_main(int(spent))) if self.session is not None else spent
+
     # -- the run
 
     def run(self) -> TrainReport:
         cfg = self.config
         started = time.perf_counter()
         first_epoch = self.epoch
-        remove_stale_temps(self.out, recursive=False)  # what a killed run was writing
+        if self.session is None or self.session.is_main:
+            remove_stale_temps(self.out, recursive=False)  # what a killed run was writing
         if self.callbacks.on_start:
             self.callbacks.on_start(len(self.data.images), len(self.data.people), self.epoch + 1)
         checkpoint = None
         if self.epoch == 0:
-            checkpoint = self.save()  # epoch 0: the starting network, and proof OUT is writable
+            checkpoint = self.commit()  # epoch 0: the starting network, and proof OUT is writable
         while self.epoch < cfg.epochs:
-            if cfg.minutes is not None and time.perf_counter() - started >= cfg.minutes * 60:
+            if self.out_of_time(started):
                 break
             row = self.train_epoch(self.epoch + 1)
             self.epoch += 1
             self.history.append(row)
-            checkpoint = self.save()
+            checkpoint = self.commit()
             if self.callbacks.on_epoch:
                 self.callbacks.on_epoch(row)
         return TrainReport(out=self.out, record=self.record(), history=list(self.history),
@@ -428,7 +482,8 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None,
     if (out / LAST).exists():
         raise UsageError(f"{out} already holds a training run; resume it with `facenet train --resume {out}` "
                          "or give another OUT folder.")
-    return Trainer(config, callbacks, cache_limit).run()
+    with distributed_session(pick_device(config.device)) as session:
+        return Trainer(config, callbacks, cache_limit, session).run()
 
 
 def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None = None,
@@ -451,9 +506,10 @@ def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None
     config = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
     config = replace(config, out=str(workdir), epochs=epochs if epochs is not None else config.epochs,
                      minutes=minutes, device=device if device is not None else config.device)
-    trainer = Trainer(config, callbacks, cache_limit)
-    trainer.restore(checkpoint)
-    return trainer.run()
+    with distributed_session(pick_device(config.device)) as session:
+        trainer = Trainer(config, callbacks, cache_limit, session)
+        trainer.restore(checkpoint)  # every rank loads the same file, so they continue in step
+        return trainer.run()
 
 
 __all__ = ["BatchStats", "Callbacks", "EpochRow", "TrainConfig", "TrainReport", "Trainer",
