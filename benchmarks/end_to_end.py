@@ -50,6 +50,21 @@ def peak_rss_mib() -> dict[str, float]:
 
 # ---------------------------------------------------------------- ours
 
+def our_result(aligned, reps, marks: tuple[float, float, float, float]) -> dict:
+    """One of our runs as the parent reads it: times (start, model loaded, aligned, done), counts."""
+    import torch
+
+    t0, t1, t2, t3 = marks
+    counts = aligned.counts
+    return {"seconds": t3 - t0, "load": t1 - t0, "align": t2 - t1, "embed": t3 - t2,
+            "images": aligned.total, "faces": reps.count,
+            "missed": counts["no-face"] + counts["multiple-faces"] + counts["unreadable"],
+            "counts": counts, "align_stage_ms": aligned.stage_ms(),
+            "missed_files": sorted(o.input for o in aligned.outcomes
+                                   if o.status in ("no-face", "multiple-faces", "unreadable")),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rss_mib": peak_rss_mib()}
+
+
 def run_ours(raw: Path, out: Path, precision: str = "fp32") -> dict:
     from facenet_cli.embed import Embedder
     from facenet_cli.hub import resolve_model
@@ -65,16 +80,7 @@ def run_ours(raw: Path, out: Path, precision: str = "fp32") -> dict:
                                      on_start=lambda _total: marks.setdefault("aligned", time.perf_counter()))
     t3 = time.perf_counter()
     t2 = marks.get("aligned", t3)
-    import torch
-
-    counts = aligned.counts
-    return {"seconds": t3 - t0, "load": t1 - t0, "align": t2 - t1, "embed": t3 - t2,
-            "images": aligned.total, "faces": reps.count,
-            "missed": counts["no-face"] + counts["multiple-faces"] + counts["unreadable"],
-            "counts": counts, "align_stage_ms": aligned.stage_ms(),
-            "missed_files": sorted(o.input for o in aligned.outcomes
-                                   if o.status in ("no-face", "multiple-faces", "unreadable")),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rss_mib": peak_rss_mib()}
+    return our_result(aligned, reps, (t0, t1, t2, t3))
 
 
 # ---------------------------------------------------------------- the pipeline before: align, then represent
@@ -93,16 +99,7 @@ def run_sequential(raw: Path, out: Path, precision: str = "fp32") -> dict:
     t2 = time.perf_counter()
     reps = represent_tree(out / "aligned", out, embedder)
     t3 = time.perf_counter()
-    import torch
-
-    counts = aligned.counts
-    return {"seconds": t3 - t0, "load": t1 - t0, "align": t2 - t1, "embed": t3 - t2,
-            "images": aligned.total, "faces": reps.count,
-            "missed": counts["no-face"] + counts["multiple-faces"] + counts["unreadable"],
-            "counts": counts, "align_stage_ms": aligned.stage_ms(),
-            "missed_files": sorted(o.input for o in aligned.outcomes
-                                   if o.status in ("no-face", "multiple-faces", "unreadable")),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rss_mib": peak_rss_mib()}
+    return our_result(aligned, reps, (t0, t1, t2, t3))
 
 
 # ---------------------------------------------------------------- theirs (face_recognition's defaults)

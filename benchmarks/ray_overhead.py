@@ -132,7 +132,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
     images = local_align.total
-    print(f"facenet --executor ray vs local, {images} LFW images, {args.cpus} local processes / "
+    print(f"executor ray vs local, {images} LFW images, {args.cpus} local processes / "
           f"{cpus} Ray CPUs, batch {args.batch_size}")
     print(f"Ray cluster start (not in the figures below): {cluster_s:.1f} s; median of {args.repeats} repeats; "
           f"load average {load_before:.1f} before, {load_after:.1f} after")

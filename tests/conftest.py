@@ -99,3 +99,13 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and os.environ.get("FACENET_NO_SKIPS") == "1" and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where nothing may skip: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The default model's aligner (all faces, upsample auto) and flip embedder, loaded once for
+    the gallery, identify and search tests."""
+    from facenet_cli import Embedder, FaceAligner, resolve_model
+
+    record = resolve_model("dlib-resnet.v1")
+    return FaceAligner(record.align, upsample="auto", faces="all"), Embedder(record, flip=True)

@@ -23,3 +23,10 @@ def png_decodes_fully(path: Path) -> bool:
         return True
     except Exception:
         return False
+
+
+def error_line(stderr: str) -> str:
+    """A failed command's stderr is exactly one `Error: ...` line, no traceback; that line."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in stderr, stderr
+    return lines[0]

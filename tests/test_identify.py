@@ -10,27 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import copy_people
+from tests.helpers import copy_people, error_line
 
 # Four known people: three photos enrolled, the next two are queries. Strangers: one photo each
 # of eight people who are not in the gallery.
 KNOWN = ("Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Tony_Blair")
 STRANGERS = ("Ari_Fleischer", "Hugo_Chavez", "Jean_Chretien", "John_Ashcroft", "Junichiro_Koizumi",
              "Laura_Bush", "Serena_Williams", "Vladimir_Putin")
-
-
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in stderr, stderr
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def engine():
-    from facenet_cli import FaceAligner, Embedder, resolve_model
-
-    record = resolve_model("dlib-resnet.v1")
-    return FaceAligner(record.align, upsample="auto", faces="all"), Embedder(record, flip=True)
 
 
 @pytest.fixture(scope="module")

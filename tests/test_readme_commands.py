@@ -1,8 +1,8 @@
 """Every command line the README shows must parse as shown.
 
-`facenet ...` lines of README.md's code blocks (and of docs/readme-parts/*.md, merged into it
-later) go through the real command-line parser without running the job: the subcommand exists,
-every option exists, choices are valid, the positional arguments fit. Benchmark lines
+`facenet ...` lines of README.md's code blocks go through the real command-line parser without
+running the job: the subcommand exists, every option exists, choices are valid, the positional
+arguments fit. Benchmark lines
 (`python benchmarks/X.py ...`, in code blocks or inline code) go through that script's own
 argument parser. Nothing here needs the data or a model: it checks grammar only.
 """

@@ -12,24 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import copy_people
+from tests.helpers import copy_people, error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOWN = ("Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Tony_Blair")
-
-
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in stderr, stderr
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def engine():
-    from facenet_cli import Embedder, FaceAligner, resolve_model
-
-    record = resolve_model("dlib-resnet.v1")
-    return FaceAligner(record.align, upsample="auto", faces="all"), Embedder(record, flip=True)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Ger
 # P x K = 12 images a batch, 6 per process. SGD with a small step: the miners' choices are
 # discrete, so a large step turns float rounding (a different summation order across 2
 # processes) into other triplets and the runs drift apart, as a single process on 1 or 2
-# threads also does (docs/readme-parts/ddp.md has the figures).
+# threads also does (README, "Training on several processes", has the figures).
 SETTINGS = ["--arch", "nn4.small2", "--people-per-batch", "4", "--images-per-person", "3", "--batches-per-epoch", "2",
             "--device", "cpu", "--seed", "7", "--optimizer", "sgd", "--lr", "0.01", "--miner", "batch-hard", "--json"]
 EPOCHS = 2
@@ -38,7 +38,7 @@ EPOCHS = 2
 # so rounding grows through the updates into other triplets: a single process on 1 and on 2
 # threads (another summation order, nothing else) differs by 0.1 % in epoch 1, 1 % in epoch 2
 # and 15 % in epoch 3 of this setting; 2 processes against 1 measured 0.04 % and 4.6 %
-# (docs/readme-parts/ddp.md). Epoch 1 is held tight, epoch 2 loosely; the loss moves by >20 %.
+# (README, "Training on several processes"). Epoch 1 is held tight, epoch 2 loosely; the loss moves by >20 %.
 LOSS_RTOL = (5e-3, 0.1)
 LOOPBACK = {"127.0.0.1", "::1"}
 

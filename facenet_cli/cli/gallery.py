@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from ..choices import DEFAULT_MODEL, Detector, FacePolicy, Fallback, Upsample
-from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacenetGroup, FallbackOption, JsonOption, app,
-                   console, fail, guarded, print_json)
+from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacenetCommand, FacenetGroup, FallbackOption,
+                   JsonOption, app, console, fail, guarded, print_json)
 
 gallery_app = typer.Typer(
     name="gallery", cls=FacenetGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -28,7 +28,7 @@ GalleryFlipOption = Annotated[Optional[bool], typer.Option(
 
 def gallery_command(fn: Callable) -> Callable:
     """Register `facenet gallery NAME` with the same error handling as every other command."""
-    return gallery_app.command(fn.__name__.replace("_command", "").replace("gallery_", ""))(
+    return gallery_app.command(fn.__name__.replace("_command", "").replace("gallery_", ""), cls=FacenetCommand)(
         guarded(fn, "interrupted; the faces added so far are in the gallery, rerun the same command to add the rest."))
 
 
