@@ -357,3 +357,30 @@ def test_loopback_and_printed_url():
     assert page_url("127.0.0.1", 8000, None) == "http://127.0.0.1:8000/"
     assert page_url("0.0.0.0", 8001, "abcdefgh") == f"http://{socket.gethostname()}:8001/?token=abcdefgh"
     assert page_url("::1", 8002, None) == "http://[::1]:8002/"
+
+
+def test_edits_through_the_server_keep_the_search_index_current(engine, lfw_images):
+    """Enrolling, moving and removing faces through the server patch the gallery's search index
+    (no stale index left for the next search to rebuild)."""
+    from facenet_cli.face_index import index_path, read_index, stale_reason
+
+    def index_is_current() -> bool:
+        with Gallery(engine.gallery_path) as gallery:
+            return stale_reason(read_index(index_path(engine.gallery_path)).header, gallery.state()) is None
+
+    with Gallery(engine.gallery_path) as gallery:
+        state, enrolment = gallery.snapshot()
+        from facenet_cli.face_index import current_index
+
+        current_index(gallery, state, enrolment)  # build and save the index the way a reader does
+    assert index_is_current()
+    client = TestClient(create_app(engine))
+    added = post_image(client, "/api/gallery/people/Index Check/faces", photo(lfw_images, STRANGER, 3))
+    assert added.status_code == 201, added.text
+    assert index_is_current()
+    face_id = added.json()["face_id"]
+    assert client.post(f"/api/gallery/faces/{face_id}/move", data={"name": "Index Checked"}).status_code == 200
+    assert index_is_current()
+    assert client.delete("/api/gallery/people/Index Checked").status_code == 200
+    assert index_is_current()
+    index_path(engine.gallery_path).unlink()

@@ -316,6 +316,7 @@ class Engine:
             face_id = gallery.add_face(name, vector, source, sha, box)
             if face_id is not None:
                 save_thumb(self.gallery_path, sha, crop)
+            gallery.keep_index_current()  # a search index beside the gallery stays current
             self.invalidate()
         return face_id
 
@@ -406,6 +407,7 @@ class Engine:
         return {"gallery_version": view.version, "people": view.people, "points": view.points}
 
     def _after_removal(self, gallery) -> None:
+        gallery.keep_index_current()
         prune_thumbs(self.gallery_path, {f.image_sha256 for f in gallery.faces()})
         self.invalidate()
 
@@ -423,7 +425,7 @@ class Engine:
         from ..gallery import Gallery
 
         with self._lock, Gallery(self.gallery_path) as gallery:
-            if face_id not in {f.id for f in gallery.faces()}:
+            if not gallery.faces_by_id([face_id]):
                 raise NotFound(f"No face with id {face_id} is in the gallery.")
             person = gallery.remove_face(face_id)
             self._after_removal(gallery)
@@ -433,9 +435,10 @@ class Engine:
         from ..gallery import Gallery
 
         with self._lock, Gallery(self.gallery_path) as gallery:
-            if face_id not in {f.id for f in gallery.faces()}:
+            if not gallery.faces_by_id([face_id]):
                 raise NotFound(f"No face with id {face_id} is in the gallery.")
             old, new = gallery.move_face(face_id, name)
+            gallery.keep_index_current()
             self.invalidate()
         return {"face_id": face_id, "from": old, "to": new}
 
