@@ -123,3 +123,14 @@ def test_stand_ins_become_the_real_classes_when_used():
             "assert r.Traceback.from_exception.__self__ is rich.traceback.Traceback\nprint('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_typer_that_wants_more_than_the_stand_ins_gets_the_plain_import():
+    """If typer's renderer imports a name the stand-ins lack (a newer typer), --help still works:
+    the renderer is imported the plain way instead."""
+    code = ("import sys\nimport facenet_cli.cli._app as a\n"
+            "a._HELP_RENDERER_EXTRAS = {'rich.markdown': 'NotWhatTyperImports', 'rich.traceback': 'Traceback'}\n"
+            "a._import_help_renderer()\nimport typer.rich_utils as r, rich.markdown\n"
+            "assert r.Markdown is rich.markdown.Markdown\nprint('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr

@@ -78,10 +78,16 @@ def _import_help_renderer() -> None:
     sys.modules.update(stand_ins)
     try:
         import typer.rich_utils  # noqa: F401
+    except ImportError:  # a typer that wants more of those modules than the stand-ins offer
+        stand_ins_failed = True
+    else:
+        stand_ins_failed = False
     finally:
         for module, stand_in in stand_ins.items():  # later imports get the real modules
             if sys.modules.get(module) is stand_in:
                 del sys.modules[module]
+    if stand_ins_failed:
+        import typer.rich_utils  # noqa: F401,F811 (the plain, slower import)
 
 
 class FacenetGroup(TyperGroup):
