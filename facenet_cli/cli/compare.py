@@ -9,8 +9,8 @@ import typer
 from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Precision, Upsample
 from ..errors import DataError
 from ._app import (DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption, FlipOption,
-                   JsonOption, ModelOption, UpsampleOption, command, console, err_console, load_embedder,
-                   print_json)
+                   JsonOption, ModelOption, PrecisionOption, TTAOption, UpsampleOption, command, console,
+                   err_console, load_embedder, print_json)
 
 if TYPE_CHECKING:
     from ..compare import Comparison
@@ -27,12 +27,8 @@ def compare_command(
     faces: FacesOption = FacePolicy.all,
     fallback: FallbackOption = Fallback.none,
     fallback_dir: FallbackDirOption = None,
-    precision: Annotated[Precision, typer.Option(
-        "--precision", help="Network arithmetic: fp32 (reference), bf16 (fast only on CPUs/GPUs with bf16 units) "
-        "or int8 (CPU).")] = Precision.fp32,
-    tta: Annotated[int, typer.Option(
-        "--tta", min=0, help="Also average N jittered copies of each face (small shifts, zooms, rotations); "
-        "costs (1 + N)x the network time.")] = 0,
+    precision: PrecisionOption = Precision.fp32,
+    tta: TTAOption = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Squared L2 distances between the faces of photos, with a same/different verdict.

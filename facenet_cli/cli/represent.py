@@ -8,8 +8,8 @@ import typer
 
 from ..choices import DEFAULT_MODEL, Detector, Device, Executor, FacePolicy, Fallback, Precision, Upsample
 from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption,
-                   FlipOption, JsonOption, ModelOption, UpsampleOption, command, console, err_console,
-                   load_embedder, print_json)
+                   FlipOption, JsonOption, ModelOption, PrecisionOption, TTAOption, UpsampleOption, command,
+                   console, err_console, load_embedder, print_json)
 from .align import AddressOption, ExecutorOption
 
 
@@ -21,12 +21,8 @@ def represent_command(
     device: DeviceOption = Device.auto,
     batch_size: BatchSizeOption = 32,
     flip: FlipOption = False,
-    precision: Annotated[Precision, typer.Option(
-        "--precision", help="Network arithmetic: fp32 (reference), bf16 (fast only on CPUs/GPUs with bf16 units) "
-        "or int8 (CPU; 1.3x fp32's network speed on an AVX2 CPU, LFW View 2 within 0.1 point).")] = Precision.fp32,
-    tta: Annotated[int, typer.Option(
-        "--tta", min=0, help="Also average N jittered copies of each face (small shifts, zooms, rotations); "
-        "costs (1 + N)x the network time.")] = 0,
+    precision: PrecisionOption = Precision.fp32,
+    tta: TTAOption = 0,
     photos: Annotated[bool, typer.Option(
         "--photos", help="ALIGNED holds raw photos: align them first (into OUT/aligned) with the model's own spec "
         "and the detection options below, as `facenet align` does.")] = False,
