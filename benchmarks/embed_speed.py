@@ -1,6 +1,6 @@
 """How fast our PyTorch copy of dlib's ResNet embeds faces, against dlib itself and the CPU.
 
-    python benchmarks/embed_speed.py [--faces 64] [--threads 1] [--repeats 5] [--data DIR] [--quick]
+    python benchmarks/embed_speed.py [--faces 64] [--threads 1] [--repeats 5] [--data DIR] [--precision] [--engines] [--quick]
 
 On real LFW chips made with dlib: ms per face at batch 1 and batch 32, ours vs dlib's
 compute_face_descriptor (single chip, and its list-of-chips batch call). Then the network's
@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time contiguous (NCHW) input, mkldnn off and torch.jit.trace")
     parser.add_argument("--precision", action="store_true",
                         help="also time bf16 autocast and int8 against fp32, interleaved, through the Embedder")
+    parser.add_argument("--engines", action="store_true",
+                        help="also time ONNX Runtime and OpenVINO on the same network (fp32, and int8 by "
+                        "ONNX Runtime's static quantisation) against ours in fp32 and int8, batch 32 "
+                        "(needs `pip install -e .[bench]`)")
     parser.add_argument("--calibrate-int8", action="store_true",
                         help="measure the int8 activation ranges on 128 LFW chips and rewrite "
                         "facenet_cli/nets/dlib_resnet_int8.py, then exit")
@@ -147,6 +151,79 @@ def precision_table(chips: list, repeats: int) -> None:
     print(f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}; load average {os.getloadavg()}")
 
 
+def engines_table(model, chips: list, repeats: int, workdir: Path) -> None:
+    """Other inference engines on the same network, batch 32: ONNX Runtime and OpenVINO in fp32,
+    and int8 from ONNX Runtime's static quantisation (per-channel s8 weights, u8 activations,
+    calibrated on the first 64 chips) run by both; ours (PyTorch) in fp32 and int8 beside them.
+    Each row: ms per face, speed against our fp32, the smallest cosine to our fp32 vectors."""
+    try:
+        import onnxruntime as ort
+        import openvino as ov
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        sys.exit(f"--engines needs onnxruntime, onnx, onnxscript and openvino ({exc}); pip install -e .[bench]")
+    import warnings
+
+    from facenet_cli.catalogue import get_record
+    from facenet_cli.embed import Embedder
+
+    batch = np.stack(chips[:32]).transpose(0, 3, 1, 2).astype(np.float32)
+    fixed = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+    onnx_path, prepared, int8_path = workdir / "dlib.onnx", workdir / "dlib-pre.onnx", workdir / "dlib-int8.onnx"
+    # dlib's zero-padded shortcut sums trace to fixed shapes: the exported graph takes batches of 32.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on those shapes
+        torch.onnx.export(model, (fixed,), str(onnx_path), input_names=["images"], output_names=["vectors"],
+                          dynamo=False, opset_version=17)
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            calib = np.stack(chips[:64]).transpose(0, 3, 1, 2).astype(np.float32)
+            self.batches = iter([calib[i:i + 32] for i in range(0, len(calib) - 31, 32)] or [batch])
+
+        def get_next(self):
+            item = next(self.batches, None)
+            return None if item is None else {"images": item}
+
+    quant_pre_process(str(onnx_path), str(prepared))  # shape inference and folding, as ORT advises
+    quantize_static(str(prepared), str(int8_path), Calibration(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = ARGS.threads, 1
+    core = ov.Core()
+    runs = {}
+    for label, precision in (("PyTorch (ours) fp32", "fp32"), ("PyTorch (ours) int8", "int8")):
+        embedder = Embedder(get_record("dlib-resnet.v1"), device="cpu", batch_size=32, precision=precision)
+        runs[label] = (lambda e=embedder: e._forward(np.stack(chips[:32])))
+    for label, path in (("ONNX Runtime fp32", onnx_path), ("ONNX Runtime int8", int8_path)):
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        runs[label] = (lambda s=session: s.run(None, {"images": batch})[0])
+    for label, path in (("OpenVINO fp32", onnx_path), ("OpenVINO int8", int8_path)):
+        request = core.compile_model(core.read_model(str(path)), "CPU",
+                                     {"INFERENCE_NUM_THREADS": ARGS.threads, "PERFORMANCE_HINT": "LATENCY"}
+                                     ).create_infer_request()
+        runs[label] = (lambda r=request: next(iter(r.infer({0: batch}).values())))
+    with torch.inference_mode():
+        vectors = {label: np.asarray(run(), dtype=np.float64) for label, run in runs.items()}  # and warm-up
+        times: dict[str, list[float]] = {label: [] for label in runs}
+        for _ in range(repeats):
+            for label, run in runs.items():
+                start = time.perf_counter()
+                run()
+                times[label].append(time.perf_counter() - start)
+    reference = vectors["PyTorch (ours) fp32"]
+    reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    ours = statistics.median(times["PyTorch (ours) fp32"])
+    print(f"\nengines, batch 32, {ARGS.threads} thread(s), median of {repeats} (interleaved); "
+          f"onnxruntime {ort.__version__}, openvino {ov.__version__}:")
+    print(f"{'':22} {'ms/face':>8} {'vs ours fp32':>13} {'min cosine to ours fp32':>24}")
+    for label in runs:
+        v = vectors[label] / np.linalg.norm(vectors[label], axis=1, keepdims=True)
+        seconds = statistics.median(times[label])
+        print(f"{label:22} {seconds / 32 * 1e3:8.2f} {ours / seconds:12.2f}x {float((v * reference).sum(1).min()):24.4f}")
+
+
 def main() -> None:
     import dlib
 
@@ -191,6 +268,14 @@ def main() -> None:
 
     if ARGS.precision:
         precision_table(chips, ARGS.repeats)
+
+    if ARGS.engines:
+        import tempfile
+
+        if n < 32:
+            sys.exit("--engines needs --faces 32 or more (the exported graph takes batches of 32).")
+        with tempfile.TemporaryDirectory(prefix="facenet-engines-") as workdir:
+            engines_table(model, chips, ARGS.repeats, Path(workdir))
 
     if ARGS.variants:
         print("\nvariants at batch 32 (ms/face):")

@@ -95,6 +95,9 @@ class FileOutcome:
     # The RGB crops themselves, one per output, when the job hands them over (represent --photos
     # embeds them as they arrive instead of reading the PNGs back); never written to the report.
     crops: list = field(default_factory=list, repr=False, compare=False)
+    # Their embeddings instead, one per output, when the align workers embed their own crops
+    # (represent --photos with a worker per core); never written to the report either.
+    vectors: list = field(default_factory=list, repr=False, compare=False)
 
     def row(self) -> list[str]:
         return [self.input, self.status, ";".join(self.outputs), self.detail, self.source]

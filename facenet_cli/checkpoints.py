@@ -22,6 +22,7 @@ import io
 import os
 from dataclasses import replace
 from enum import Enum
+from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +66,11 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
+def load_checkpoint(path: str | os.PathLike, keys: tuple[str, ...] = MODEL_KEYS, fresh: bool = False) -> dict:
     """The checkpoint dict in `path`, loaded with weights_only (no pickled code runs).
+
+    The file's tensors are shared with the next call while the file is unchanged; `fresh=True`
+    reads it anew, for a caller whose tensors will change in place (a resumed optimizer's state).
 
     UsageError when there is no file at `path`; DataError when it cannot be read as a
     checkpoint or lacks one of `keys`.
@@ -79,7 +83,9 @@ def load_checkpoint(path: str | os.PathLike, keys: tuple[str, ...] = MODEL_KEYS)
     if not path.is_file():
         raise UsageError(f"No checkpoint file at {path}; check the path.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        info = path.stat()
+        reader = _read.__wrapped__ if fresh else _read
+        checkpoint = reader(str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino)
     except OSError as exc:
         raise DataError(f"{path} cannot be read ({exc.strerror or type(exc).__name__}); check the file.") from None
     except Exception as exc:  # torch.load raises many unrelated types for a damaged or foreign file
@@ -89,6 +95,7 @@ def load_checkpoint(path: str | os.PathLike, keys: tuple[str, ...] = MODEL_KEYS)
         ) from None
     if not isinstance(checkpoint, dict):
         raise DataError(f"{path} is a PyTorch file but not a facenet checkpoint; give a file saved by `facenet train`.")
+    checkpoint = dict(checkpoint)  # the caller's own dict; the cached one stays as read
     missing = [k for k in keys if k not in checkpoint]
     if missing:
         raise DataError(
@@ -96,6 +103,15 @@ def load_checkpoint(path: str | os.PathLike, keys: tuple[str, ...] = MODEL_KEYS)
             "give a file saved by `facenet train`."
         )
     return checkpoint
+
+
+@lru_cache(maxsize=1)
+def _read(path: str, size: int, mtime_ns: int, inode: int) -> dict:
+    """torch.load of a checkpoint, kept for the next call while the file is unchanged: `--model
+    CHECKPOINT` reads it for its record and again for its weights (one file held at most)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def checkpoint_record(path: str | os.PathLike) -> "ModelRecord":

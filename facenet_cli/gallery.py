@@ -2,7 +2,8 @@
 in one SQLite file.
 
 Layout (stdlib sqlite3, WAL journal so that readers such as `identify` or a web server read while
-`gallery add` writes; every write is a transaction, so a crash loses at most the photo in flight):
+`gallery add` writes; every write is a transaction: `gallery add` enrols a batch of faces in
+one, so a crash loses at most the batch in flight):
 
 - `info(key, value)`: `format` = "facenet-gallery", `version`, `model` (the model record as JSON),
   `model_ref` (the catalogue name or checkpoint path to load it again), `fingerprint` (SHA-256 of
@@ -24,6 +25,7 @@ import sqlite3
 import time
 import unicodedata
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,6 +38,7 @@ from .errors import BadImage, DataError, FacenetError, MultipleFaces, NoFace, Sp
 from .hub import file_sha256
 
 if TYPE_CHECKING:  # annotations only
+    from .align import AlignedFace
     from .catalogue import ModelRecord
     from .embed import Embedder
 
@@ -718,14 +721,104 @@ def _add_photos(gallery: Gallery, items: list[tuple[str, str]], *, model, flip, 
         return engine[part]
 
     bad_names: dict[str, str] = {}
-    for person, path in items:
-        outcomes.append(_add_one_photo(gallery, person, path, load, bad_names))
+    results: list[AddOutcome | None] = [None] * len(items)
+    waiting: list[tuple[int, _FaceToEnrol]] = []  # aligned, for the network's next batch
+    in_flight: list[tuple[list[tuple[int, _FaceToEnrol]], Future]] = []  # one batch at most
+    cores = os.cpu_count() or 1
+    threads_before = None
+
+    def settle(index: int, outcome: AddOutcome) -> None:
+        results[index] = outcome
         if on_advance:
             on_advance(1)
-    return outcomes
+
+    def send_waiting(last: bool = False) -> None:
+        """Hand the waiting faces to the network as one batch, in a thread, while this one
+        aligns the next photos (on the cores the alignment leaves; on all of them for the last)."""
+        nonlocal threads_before
+        if not waiting:
+            return
+        embedder = load("embedder")
+        if threads_before is None:
+            import torch
+
+            threads_before = torch.get_num_threads()
+        enrol_in_flight()
+        batch = list(waiting)
+        waiting.clear()
+        threads = cores if last else max(1, cores - 1)
+        in_flight.append((batch, network.submit(_embed_with_threads, embedder, [f.face.image for _, f in batch],
+                                                threads)))
+
+    def enrol_in_flight() -> None:
+        """Enrol the batch in flight in one transaction once embedded (here: SQLite connections
+        stay in their own thread). A kill loses at most that batch and the one aligning; a rerun
+        finds the rest in the gallery already."""
+        if not in_flight:
+            return
+        batch, future = in_flight.pop()
+        vectors = future.result()
+        embedder = load("embedder")
+        if gallery.model is None:
+            gallery.bind(embedder.record, _ref_of(embedder), embedder.flip)
+        ids = gallery.add_faces([(face.person, vector, face.path, face.sha, face.box)
+                                 for (_, face), vector in zip(batch, vectors)])
+        for (index, face), face_id in zip(batch, ids):
+            settle(index, face.outcome(face_id))
+
+    network = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facenet-gallery-network")
+    try:
+        for index, (person, path) in enumerate(items):
+            pending_shas = {f.sha for _, f in waiting} | {f.sha for batch, _ in in_flight for _, f in batch}
+            prepared = _prepare_photo(gallery, person, path, load, bad_names, pending_shas)
+            if isinstance(prepared, AddOutcome):
+                settle(index, prepared)
+                continue
+            waiting.append((index, prepared))
+            if len(waiting) >= batch_size:
+                send_waiting()
+        send_waiting(last=True)
+        enrol_in_flight()
+    finally:
+        network.shutdown(wait=True, cancel_futures=True)
+        if threads_before is not None:
+            import torch
+
+            torch.set_num_threads(threads_before)
+    return [outcome for outcome in results if outcome is not None]
 
 
-def _add_one_photo(gallery: Gallery, person: str, path: str, load, bad_names: dict[str, str]) -> AddOutcome:
+def _embed_with_threads(embedder: "Embedder", images: list, threads: int) -> np.ndarray:
+    import torch
+
+    torch.set_num_threads(threads)  # in this thread: OpenMP thread counts are per calling thread
+    return embedder.embed(images)
+
+
+@dataclass
+class _FaceToEnrol:
+    """A photo's face, aligned and waiting for the network."""
+
+    path: str
+    person: str
+    sha: str
+    face: "AlignedFace"
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        b = self.face.box
+        return (b.left, b.top, b.right, b.bottom)
+
+    def outcome(self, face_id: int | None) -> AddOutcome:
+        if face_id is None:  # another run added the same image meanwhile
+            return AddOutcome(self.path, "already-in", self.person, detail="this image is in the gallery already")
+        detail = "no face found; the centre of the photo was enrolled (--fallback center)" if self.face.fallback else ""
+        return AddOutcome(self.path, "added", self.person, face_id, detail)
+
+
+def _prepare_photo(gallery: Gallery, person: str, path: str, load, bad_names: dict[str, str],
+                   waiting_shas: set[str]) -> "AddOutcome | _FaceToEnrol":
+    """A photo's final outcome when it will not be enrolled, else its aligned face."""
     from .images import read_rgb
 
     if person not in bad_names:
@@ -739,14 +832,13 @@ def _add_one_photo(gallery: Gallery, person: str, path: str, load, bad_names: di
         sha = file_sha256(path)
     except OSError as exc:
         return AddOutcome(path, "unreadable", person, detail=f"cannot be read ({exc.strerror or exc})")
-    if gallery.has_image(sha):
+    if sha in waiting_shas or gallery.has_image(sha):
         return AddOutcome(path, "already-in", person, detail="this image is in the gallery already")
     try:
         rgb = read_rgb(path)
     except BadImage as exc:
         return AddOutcome(path, "unreadable", person, detail=exc.reason)
-    embedder = load("embedder")
-    crop = _aligned_crop(Path(path), rgb, embedder.record)
+    crop = _aligned_crop(Path(path), rgb, load("embedder").record)
     try:
         found = [crop] if crop is not None else load("aligner").align(rgb)
     except NoFace:
@@ -754,16 +846,7 @@ def _add_one_photo(gallery: Gallery, person: str, path: str, load, bad_names: di
     except MultipleFaces as exc:
         return AddOutcome(path, "multiple-faces", person,
                           detail=f"{exc}; none enrolled (use --faces largest or center to enrol one)")
-    face = found[0]
-    vector = embedder.embed([face.image])[0]
-    if gallery.model is None:
-        gallery.bind(embedder.record, _ref_of(embedder), embedder.flip)
-    box = (face.box.left, face.box.top, face.box.right, face.box.bottom)
-    face_id = gallery.add_face(person, vector, str(path), sha, box)
-    if face_id is None:  # another run added the same image meanwhile
-        return AddOutcome(path, "already-in", person, detail="this image is in the gallery already")
-    detail = "no face found; the centre of the photo was enrolled (--fallback center)" if face.fallback else ""
-    return AddOutcome(path, "added", person, face_id, detail)
+    return _FaceToEnrol(str(path), person, sha, found[0])
 
 
 def _aligned_crop(path: Path, rgb: np.ndarray, record: "ModelRecord"):

@@ -245,10 +245,27 @@ def die_with_parent(parent_pid: int, use_prctl: bool = True) -> None:
     threading.Thread(target=watch, name="facenet-parent-watch", daemon=True).start()
 
 
-def _init_worker(job: AlignJob, parent_pid: int) -> None:
+# Files per task when the job has an in-worker step (align alone sends one file per task).
+CHUNK_FILES = 16
+_FINISH: Callable[[list[FileOutcome]], None] | None = None  # the job's in-worker step, if any
+
+
+def _init_worker(job: AlignJob, parent_pid: int, finish=None) -> None:
+    global _FINISH
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _aligner_for(job)
+    _FINISH = finish
+
+
+def _align_chunk(tasks: list[tuple[str, str, str, str]], finish=None) -> list[FileOutcome]:
+    """Several files' outcomes, then the job's in-worker step on them together (`finish`, by
+    default the one the worker was started with: e.g. embedding the chunk's crops as one batch)."""
+    outcomes = [_align_one(task) for task in tasks]
+    finish = finish or _FINISH
+    if finish is not None:
+        finish(outcomes)
+    return outcomes
 
 
 def _align_one(task: tuple[str, str, str, str]) -> FileOutcome:
@@ -370,7 +387,8 @@ class WorkersLost(Exception):
 
 def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1,
                on_outcome: Callable[[FileOutcome], None] | None = None,
-               on_start: Callable[[int], None] | None = None, executor=None) -> AlignReport:
+               on_start: Callable[[int], None] | None = None, executor=None,
+               finish_in_worker: Callable[[list[FileOutcome]], None] | None = None) -> AlignReport:
     """Align every image under RAW into OUT (same layout, PNG); resumable; returns the report.
 
     `on_start(total)` gets the number of entries, `on_outcome(outcome)` every entry's outcome
@@ -378,7 +396,12 @@ def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1
     `align_files(todo, job, record, out)` aligns the files elsewhere (ray_executor.RayExecutor):
     listing, resume, journal and report stay here, the same for both. Raises UsageError /
     DataError before any work, DiskFull or FacenetError (a worker process died) after writing
-    the report of what was done."""
+    the report of what was done.
+
+    `finish_in_worker(outcomes)`: a step run in the worker processes on each chunk of up to
+    CHUNK_FILES outcomes before they come back (represent --photos embeds the chunk's crops
+    there); it reaches the workers by fork, so it need not pickle. With it, a kill loses the
+    outcomes of the chunks in flight (their files are aligned again on the rerun)."""
     raw, out = Path(raw), Path(out)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}.")
@@ -427,7 +450,7 @@ def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1
             finished(outcome)
 
         if executor is None:
-            _run(todo, job, workers, record, out)
+            _run(todo, job, workers, record, out, finish_in_worker)
         else:
             executor.align_files(todo, job, record, out)
     except BaseException as exc:
@@ -457,34 +480,55 @@ def _write_report_of_what_was_done(folder: AlignedFolder, outcomes: list[FileOut
         pass
 
 
-def _run(todo: list, job: AlignJob, workers: int, record: Callable[[FileOutcome], None], out: Path) -> None:
+def _run(todo: list, job: AlignJob, workers: int, record: Callable[[FileOutcome], None], out: Path,
+         finish: Callable[[list[FileOutcome]], None] | None = None) -> None:
     if not todo:
         return
     # The models load (and their files are verified) here, in the parent: a damaged model file
     # is one sentence before any work, and forked workers share the loaded models.
     _aligner_for(job)
+    if finish is not None:
+        # Chunks: the in-worker step gets several files at once (a batch for the network), and
+        # small jobs still give every worker a few chunks.
+        size = max(1, min(CHUNK_FILES, len(todo) // (workers * 4)))
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+        if workers == 1 or len(chunks) == 1:
+            for chunk in chunks:
+                for outcome in _align_chunk(chunk, finish):
+                    record(outcome)
+            return
+        _run_pool(chunks, _align_chunk, job, workers, lambda outcomes: [record(o) for o in outcomes], out, finish)
+        return
     if workers == 1 or len(todo) == 1:
         for task in todo:
             record(_align_one(task))
         return
-    # Tasks go out one by one, a few per worker ahead, and each outcome is recorded as soon as
-    # its file is done (not in list order), so a kill loses no finished file's outcome. Each
-    # process loads its models once.
-    # fork: no re-import of __main__ (works from notebooks and stdin scripts); workers touch
-    # neither torch nor OpenMP, so forking a parent that imported them is safe.
+    _run_pool(todo, _align_one, job, workers, record, out)
+
+
+def _run_pool(todo: list, function: Callable, job: AlignJob, workers: int, record: Callable, out: Path,
+              finish: Callable | None = None) -> None:
+    # Tasks (files, or chunks of files with an in-worker step) go out one by one, a few per
+    # worker ahead, and each outcome is recorded as soon as its task is done (not in list
+    # order), so a kill loses no finished task's outcomes. Each process loads its models once.
+    # fork: no re-import of __main__ (works from notebooks and stdin scripts). Aligning touches
+    # neither torch nor OpenMP, so forking a parent that imported them is safe; an in-worker
+    # step that runs torch keeps it to one thread there (what DataLoader workers do).
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    if finish is not None and method != "fork":
+        raise UsageError("An in-worker step needs processes started by fork, which this platform lacks.")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method),
-                               initializer=_init_worker, initargs=(job, os.getpid()))
+                               initializer=_init_worker, initargs=(job, os.getpid(), finish))
     tasks = iter(todo)
     try:
-        pending = {pool.submit(_align_one, task) for task in islice(tasks, workers * 4)}
+        pending = {pool.submit(function, task) for task in islice(tasks, workers * 4)}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 record(future.result())  # re-raises DiskFull from a worker, BrokenProcessPool
                 task = next(tasks, None)
                 if task is not None:
-                    pending.add(pool.submit(_align_one, task))
+                    pending.add(pool.submit(function, task))
     except BaseException:
         _stop(pool)
         # The killed workers' temporary files are stale now (their pids are dead).

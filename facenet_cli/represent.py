@@ -143,7 +143,7 @@ class CropsEmbedder:
 
     The network runs on `threads` torch threads meanwhile (default: the cores the align workers
     leave, at least one): a torch team of two spins at every barrier while an align process
-    holds the other core."""
+    holds the other core. Batches still queued when the alignment ends run on every core."""
 
     def __init__(self, embedder: "Embedder", workers: int = 1, threads: int | None = None, queued_batches: int = 4):
         self.embedder = embedder
@@ -155,6 +155,7 @@ class CropsEmbedder:
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="facenet-crops-embedder", daemon=True)
         self._threads_before: int | None = None
+        self._aligned = threading.Event()  # the workers are done: the rest may use every core
 
     def __enter__(self) -> "CropsEmbedder":
         import torch
@@ -180,9 +181,16 @@ class CropsEmbedder:
         self._queue.put(batch)
 
     def _run(self) -> None:
+        import torch
+
+        widened = False
         while (batch := self._queue.get()) is not None:
             if self._failure is not None:
                 continue  # drain: the align loop stops at its next outcome
+            if self._aligned.is_set() and not widened:
+                # Set in this thread: torch's thread count is per calling thread under OpenMP.
+                torch.set_num_threads(max(self.threads, os.cpu_count() or 1))
+                widened = True
             try:
                 vectors = self.embedder.embed([crop for _, crop in batch])
                 self.vectors.update((name, vector) for (name, _), vector in zip(batch, vectors))
@@ -192,6 +200,7 @@ class CropsEmbedder:
     def __exit__(self, exc_type, *exc) -> bool:
         import torch
 
+        self._aligned.set()  # the batches still queued run on every core
         if exc_type is None and self._pending:
             self._send()
         self._queue.put(None)
@@ -202,6 +211,45 @@ class CropsEmbedder:
         return False
 
 
+class WorkerEmbedding:
+    """The in-worker step of represent --photos when every core has an align worker: each
+    worker embeds its own chunk of crops (one torch thread; the network was built before the
+    fork, so the workers share its weights) and hands back vectors instead of crops. Two
+    processes on two cores then do all the work, with no third thread contending for a core
+    and no crops crossing between processes."""
+
+    def __init__(self, embedder: "Embedder"):
+        self.embedder = embedder
+        embedder.network  # built here, before the fork (engine auto would load it per worker)
+        self._parent = os.getpid()
+        self._threads_set = False
+
+    def __call__(self, outcomes) -> None:
+        import torch
+
+        if not self._threads_set and os.getpid() != self._parent:
+            # One thread in a worker: OpenMP's pool is not usable in a child forked from a
+            # parent that ran it, and the other cores have their own workers. (A one-chunk job
+            # runs here in the parent, whose threads stay as they are.)
+            torch.set_num_threads(1)
+            self._threads_set = True
+        crops = [crop for outcome in outcomes for crop in outcome.crops]
+        vectors = iter(self.embedder.embed(crops)) if crops else iter(())
+        for outcome in outcomes:
+            outcome.vectors = [next(vectors) for _ in outcome.crops]
+            outcome.crops = []
+
+
+def embeds_in_workers(embedder: "Embedder", workers: int) -> bool:
+    """Whether represent --photos should embed in the align workers: on the CPU, with a
+    worker for every core (fewer workers leave cores to a torch team in this process, which
+    CropsEmbedder uses), where processes start by fork."""
+    from multiprocessing import get_all_start_methods
+
+    return (workers >= 2 and workers >= (os.cpu_count() or 1) and embedder.device.type == "cpu"
+            and "fork" in get_all_start_methods())
+
+
 def represent_photos(raw: str | Path, out: str | Path, embedder: "Embedder", job: "AlignJob", workers: int = 1,
                      executor=None, on_align_start: Callable[[int], None] | None = None,
                      on_align_outcome: Callable | None = None, on_start: Callable[[int], None] | None = None,
@@ -210,7 +258,8 @@ def represent_photos(raw: str | Path, out: str | Path, embedder: "Embedder", job
     OUT/aligned (the same folder, report and resume rules as `facenet align`), then write OUT's
     representation files from every crop there. Locally the crops are embedded while the
     alignment goes on (CropsEmbedder), so the rows equal `represent_tree` of the aligned folder
-    within float rounding; on an executor (Ray) the two stages run one after the other."""
+    within float rounding; on an executor (Ray) the two stages run one after the other. With a
+    worker per core (CPU) the workers embed their own crops instead (WorkerEmbedding)."""
     from dataclasses import replace
 
     from .jobs import align_tree
@@ -227,6 +276,16 @@ def represent_photos(raw: str | Path, out: str | Path, embedder: "Embedder", job
         align_report = align_tree(raw, aligned, job, workers, on_outcome=outcome_seen, on_start=on_align_start,
                                   executor=executor)
         known = None
+    elif embeds_in_workers(embedder, workers):
+        known = {}
+
+        def collect(outcome) -> None:
+            known.update(zip(outcome.outputs, outcome.vectors))
+            outcome.vectors = []
+            outcome_seen(outcome)
+
+        align_report = align_tree(raw, aligned, replace(job, hand_over_crops=True), workers, on_outcome=collect,
+                                  on_start=on_align_start, finish_in_worker=WorkerEmbedding(embedder))
     else:
         with CropsEmbedder(embedder, workers) as crops:
             def take(outcome) -> None:

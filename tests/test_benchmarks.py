@@ -74,7 +74,7 @@ def test_embed_speed_quick():
 
 def test_end_to_end_quick():
     out = run_quick("end_to_end")
-    ours, = figure(rf"^ours \(represent_photos, overlapped\)\s+{NUMBER}", out)
+    ours, = figure(rf"^ours \(represent_photos\)\s+{NUMBER}", out)
     theirs, = figure(rf"^theirs \(face_recognition defaults\)\s+{NUMBER}", out)
     ratio, = figure(rf"ratio ours / theirs: {NUMBER}x", out)
     assert ratio == pytest.approx(ours / theirs, abs=0.01)
@@ -254,3 +254,26 @@ def test_ray_overhead_quick():
     one_node, = figure(rf"^\s+1\s+{NUMBER}$", out)
     ten_nodes, = figure(rf"^\s+10\s+{NUMBER}$", out)
     assert 0 < ten_nodes <= one_node
+
+
+def test_gallery_add_quick():
+    out = run_quick("gallery_add")
+    batched, = figure(rf"^batched \(--batch-size 32\)\s+{NUMBER}", out)
+    single, = figure(rf"^one at a time \(--batch-size 1\)\s+{NUMBER}", out)
+    ratio, = figure(rf"ratio batched / one at a time: {NUMBER}x", out)
+    assert ratio == pytest.approx(single / batched, abs=0.05)
+    common, first, second, diff = figure(rf"same faces enrolled: (\d+) of (\d+) and (\d+); largest embedding "
+                                         rf"difference ([0-9.e+-]+)", out)
+    assert common == first == second >= 10  # of 12 photos
+    assert diff < 1e-5
+
+
+def test_align_levers_quick():
+    out = run_quick("align_levers")
+    plain, plain_ratio, plain_faces, plain_other = figure(
+        rf"^all five sub-detectors \(plain\)\s+{NUMBER}\s+{NUMBER}x\s+(\d+)\s+(\d+)", out)
+    assert plain_ratio == 1.0 and plain_other == 0 and plain_faces >= 10  # of 12 LFW photos
+    alone, ratio, faces, other = figure(rf"^frontal sub-detector alone\s+{NUMBER}\s+{NUMBER}x\s+(\d+)\s+(\d+)", out)
+    assert ratio == pytest.approx(plain / alone, rel=0.05) and faces >= 8  # the cut-out detector works
+    default_ms, default_ratio, default_kb = figure(rf"^OpenCV's default \(align's\)\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}", out)
+    assert default_ratio == 1.0 and 10 < default_kb < 80  # a 150x150 colour crop, losslessly compressed

@@ -280,12 +280,14 @@ def test_python_api_names(enrolled):
 
 def test_killed_add_keeps_what_landed_and_a_rerun_finishes(known, tmp_path):
     """kill -9 in the middle of `gallery add`: the gallery stays readable with every face that
-    landed, and the same command run again adds the rest without embedding those again."""
+    landed, and the same command run again adds the rest without embedding those again. Faces
+    land a batch at a time (one transaction each): batches of 2 here, so the kill comes between."""
     import signal
     import time
 
     gallery = tmp_path / "killed.gallery"
-    command = [sys.executable, "-m", "facenet_cli", "gallery", "add", str(gallery), str(known), "--json"]
+    command = [sys.executable, "-m", "facenet_cli", "gallery", "add", str(gallery), str(known), "--json",
+               "--batch-size", "2"]
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     landed = 0
     deadline = time.monotonic() + 240
@@ -358,3 +360,41 @@ def test_a_pipe_named_like_a_photo_is_an_outcome_not_a_hang(known, tmp_path, run
     report = json.loads(result.stdout)
     pipe = [o for o in report["outcomes"] if o["input"].endswith("pipe.jpg")]
     assert [o["status"] for o in pipe] == ["unreadable"] and report["counts"]["added"] == report["inputs"] - 1
+
+
+def test_photos_are_embedded_in_batches_equal_to_one_at_a_time(known, tmp_path, monkeypatch):
+    """`gallery add` embeds --batch-size faces per network call and enrols each batch in one
+    transaction; the faces equal those of a one-at-a-time run, outcomes stay in input order, and
+    the same image twice in one batch is embedded once."""
+    from facenet_cli import Gallery
+    from facenet_cli.embed import Embedder
+    from facenet_cli.gallery import add_to_gallery, plan_known_folder
+
+    folder = tmp_path / "known"
+    shutil.copytree(known, folder)
+    last = sorted((folder / "Tony_Blair").iterdir())[-1]
+    shutil.copy(last, folder / "Tony_Blair" / "Tony_Blair_copy.jpg")  # same bytes, listed next: same batch
+    calls = []
+    real_embed = Embedder.embed
+    monkeypatch.setattr(Embedder, "embed", lambda self, images, raw=False: calls.append(len(images))
+                        or real_embed(self, images, raw))
+    report = add_to_gallery(tmp_path / "batched.gallery", [folder], batch_size=3)
+    batched_calls, calls[:] = list(calls), []
+    single = add_to_gallery(tmp_path / "single.gallery", [folder], batch_size=1)
+    photos = sum(PEOPLE.values())
+    assert batched_calls == [3] * (photos // 3) + ([photos % 3] if photos % 3 else [])
+    assert calls == [1] * photos
+    assert [o.input for o in report.outcomes] == [path for _, path in plan_known_folder(folder)]
+    assert report.counts()["added"] == photos and report.counts()["already-in"] == 1
+    copy = next(o for o in report.outcomes if o.status == "already-in")
+    assert copy.input == str(folder / "Tony_Blair" / "Tony_Blair_copy.jpg")  # listed after the original
+    assert single.counts() == report.counts()
+    def by_source(path):
+        with Gallery(path) as gallery:
+            enrolment, faces = gallery.enrolment(), {f.id: f.source for f in gallery.faces()}
+        return {faces[int(i)]: v for i, v in zip(enrolment.face_ids, enrolment.embeddings)}
+
+    mine, theirs = by_source(tmp_path / "batched.gallery"), by_source(tmp_path / "single.gallery")
+    assert mine.keys() == theirs.keys() and len(mine) == photos
+    for source, vector in mine.items():
+        assert np.allclose(vector, theirs[source], atol=1e-5), source

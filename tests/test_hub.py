@@ -192,6 +192,24 @@ def test_resolve_checkpoint_points_weights_at_the_file(tmp_path):
     assert checkpoint["epoch"] == 3 and checkpoint["state_dict"]["fc.weight"].shape == (2, 3)
 
 
+def test_a_checkpoint_is_read_once_until_it_changes(tmp_path, monkeypatch):
+    """--model CHECKPOINT reads the file for its record, then for its weights: one torch.load
+    while the file is unchanged; a rewritten file and `fresh=True` (resume) read it again, and a
+    caller's changes to its dict never reach the next caller."""
+    path = write_checkpoint(tmp_path / "ft.pt", epoch=3)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    hub.resolve_model(str(path))
+    first = load_checkpoint(path, keys=("state_dict",))
+    assert len(loads) == 1
+    first["epoch"] = 99
+    assert load_checkpoint(path)["epoch"] == 3 and len(loads) == 1
+    assert load_checkpoint(path, fresh=True)["epoch"] == 3 and len(loads) == 2
+    write_checkpoint(path, epoch=4)
+    assert load_checkpoint(path)["epoch"] == 4 and len(loads) == 3
+
+
 def test_resolve_garbage_file_is_one_sentence(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(1000))

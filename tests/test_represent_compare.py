@@ -252,10 +252,12 @@ def test_represent_flip_averages_with_the_mirror(aligned_chips, tmp_path):
     assert read_reps(flipped).meta["flip"] is True
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_represent_photos_embeds_the_crops_while_aligning(aligned_chips, tmp_path, monkeypatch, workers):
-    """represent --photos embeds each fresh crop as align hands it over (no PNG read back), and
-    reads from disk only the crops an earlier run aligned; the rows equal represent_tree's."""
+@pytest.mark.parametrize("workers, where", [(1, "this process"), (2, "this process"), (2, "the workers")])
+def test_represent_photos_embeds_the_crops_while_aligning(aligned_chips, tmp_path, monkeypatch, workers, where):
+    """represent --photos embeds each fresh crop as align makes it (no PNG read back): in a
+    thread of this process (CropsEmbedder), or with a worker per core in the align workers
+    themselves (WorkerEmbedding); it reads from disk only the crops an earlier run aligned, and
+    the rows equal represent_tree's either way."""
     import facenet_cli.represent as represent_module
     from facenet_cli.embed import Embedder
     from facenet_cli.hub import resolve_model
@@ -272,6 +274,10 @@ def test_represent_photos_embeds_the_crops_while_aligning(aligned_chips, tmp_pat
     reads = []
     real_read = represent_module.read_rgb
     monkeypatch.setattr(represent_module, "read_rgb", lambda path: reads.append(path) or real_read(path))
+    in_workers = where == "the workers"
+    monkeypatch.setattr(represent_module, "embeds_in_workers", lambda embedder, workers: in_workers)
+    unused = "WorkerEmbedding" if not in_workers else "CropsEmbedder"
+    monkeypatch.setattr(represent_module, unused, lambda *a, **k: pytest.fail(f"{unused} used"))
     align_report, report = represent_photos(raw, out, embedder, job, workers=workers)
     assert align_report.counts["aligned"] == 9 and report.count == 9
     assert sorted(p.parent.name for p in reads) == ["Colin_Powell"] * 3

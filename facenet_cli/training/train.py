@@ -498,7 +498,7 @@ def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None
     if not (workdir / LAST).is_file():
         raise UsageError(f"{workdir} holds no {LAST}; give the OUT folder of an earlier `facenet train` run.")
     try:
-        checkpoint = load_checkpoint(workdir / LAST, keys=MODEL_KEYS + RESUME_KEYS)
+        checkpoint = load_checkpoint(workdir / LAST, keys=MODEL_KEYS + RESUME_KEYS, fresh=True)
     except DataError as exc:
         raise DataError(f"{exc} (Cannot resume: the earlier epochs' checkpoint-epochNNN.pt files in {workdir} "
                         "still work as --model or --init.)") from None
