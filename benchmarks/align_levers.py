@@ -7,8 +7,8 @@ all of them per repeat (medians over --repeats), so all see the same load.
 
 - HOG detection at upsample 0 (what `--upsample auto` runs first on LFW's 250x250 photos):
   dlib's frontal detector with its five sub-detectors (the plain way), the frontal sub-detector
-  alone (cut out of dlib's serialized detector: the same file with one of its five weight
-  vectors), the plain detector on a grayscale copy, and on copies downscaled to 0.9 and 0.8.
+  alone (`detect.frontal_sub_detector`: dlib's serialized detector with one of its five filters;
+  what `--detector hog-fast` tries first), the plain detector on a grayscale copy, and on copies downscaled to 0.9 and 0.8.
   For each: ms per photo, photos with a face, and photos whose boxes are not the plain way's
   (another count, or IoU under 0.9; boxes of the downscaled copies mapped back to the photo).
 - The crop's PNG encoding (the `write` stage of align, 150x150 dlib chips): OpenCV's default
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,58 +29,6 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from _common import QUICK_HELP, lfw_sample  # noqa: E402
-
-
-def read_int(data: bytes, pos: int) -> tuple[int, int]:
-    """One integer in dlib's serialization: a byte of (sign bit, byte count), then the bytes."""
-    head = data[pos]
-    size, negative = head & 0x0F, head & 0x80
-    if size > 8:
-        raise ValueError("not an integer")
-    value = int.from_bytes(data[pos + 1:pos + 1 + size], "little")
-    return (-value if negative else value), pos + 1 + size
-
-
-def weight_vectors(data: bytes) -> tuple[int, list[tuple[int, int]]]:
-    """Where a serialized dlib object detector keeps its weight vectors: the offset of their count
-    and the byte span of each (a column matrix of doubles, each double two integers). They come
-    last in the file, so the search takes the count from which the vectors end the file exactly."""
-    for start in range(len(data) - 2, -1, -1):
-        try:
-            count, pos = read_int(data, start)
-            if not 1 <= count <= 16:
-                continue
-            spans = []
-            for _ in range(count):
-                begin = pos
-                rows, pos = read_int(data, pos)
-                cols, pos = read_int(data, pos)
-                if abs(cols) != 1 or not 0 < abs(rows) < 100_000:
-                    raise ValueError("not a weight vector")
-                for _ in range(2 * abs(rows)):
-                    _, pos = read_int(data, pos)
-                spans.append((begin, pos))
-            if pos == len(data):
-                return start, spans
-        except (ValueError, IndexError):
-            continue
-    raise SystemExit("could not find the weight vectors in dlib's serialized detector")
-
-
-def sub_detector(detector, index: int, workdir: Path):
-    """dlib's detector with only its `index`-th weight vector."""
-    import dlib
-
-    whole = workdir / "frontal.svm"
-    detector.save(str(whole))
-    data = whole.read_bytes()
-    start, spans = weight_vectors(data)
-    if len(spans) != 5:
-        raise SystemExit(f"dlib's frontal detector has {len(spans)} sub-detectors here, not 5")
-    begin, end = spans[index]
-    part = workdir / f"frontal-{index}.svm"
-    part.write_bytes(data[:start] + bytes([1, 1]) + data[begin:end])  # a count of 1, then that vector
-    return dlib.fhog_object_detector(str(part))
 
 
 def boxes_of(detector, image, scale: float = 1.0) -> list[tuple[int, int, int, int]]:
@@ -132,13 +79,12 @@ def main() -> None:
     import numpy as np
 
     from facenet_cli import resources
-    from facenet_cli.detect import _hog_model
+    from facenet_cli.detect import _hog_model, frontal_sub_detector
 
     cv2.setNumThreads(1)
     photos = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in lfw_sample(args.images)]
     plain = _hog_model()
-    with tempfile.TemporaryDirectory(prefix="facenet-levers-") as workdir:
-        frontal = sub_detector(plain, 0, Path(workdir))
+    frontal = frontal_sub_detector(plain)  # what --detector hog-fast runs first
     grays = [cv2.cvtColor(p, cv2.COLOR_RGB2GRAY) for p in photos]
     smaller = {s: [cv2.resize(p, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) for p in photos] for s in (0.9, 0.8)}
     variants = {

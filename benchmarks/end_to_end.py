@@ -1,6 +1,6 @@
 """Raw LFW photos to embeddings: our pipeline against face_recognition's default one, side by side.
 
-    python benchmarks/end_to_end.py [--images 1000] [--repeats 1] [--precision fp32|bf16|int8] [--sequential] [--quick]
+    python benchmarks/end_to_end.py [--images 1000] [--repeats 1] [--precision fp32|bf16|int8] [--detector hog|hog-fast] [--sequential] [--quick]
 
 Both sides get the same images (`lfw_sample`) and two processes:
 
@@ -17,7 +17,8 @@ Both sides get the same images (`lfw_sample`) and two processes:
 - sequential (`--sequential`): the pipeline before the overlap: `align_tree` in 2 processes,
   then `represent_tree` reading the PNGs back (torch's default threads).
 
-`--precision` sets our Embedder's precision (both of our sides).
+`--precision` sets our Embedder's precision, `--detector` our align job's detector (both of our
+sides; `hog-fast` tries dlib's frontal filter alone first).
 
 Each run is a fresh Python process (so that peak RSS is that side's alone); the sides alternate
 (ours first on even repeats, theirs first on odd ones) so that load from other jobs hits both
@@ -66,7 +67,7 @@ def our_result(aligned, reps, marks: tuple[float, float, float, float]) -> dict:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rss_mib": peak_rss_mib()}
 
 
-def run_ours(raw: Path, out: Path, precision: str = "fp32") -> dict:
+def run_ours(raw: Path, out: Path, precision: str = "fp32", detector: str = "hog") -> dict:
     import torch  # noqa: F401 (imports are not timed, on either side: theirs imports dlib first)
 
     from facenet_cli.embed import Embedder
@@ -78,7 +79,7 @@ def run_ours(raw: Path, out: Path, precision: str = "fp32") -> dict:
     embedder = Embedder(resolve_model(MODEL), device="cpu", precision=precision, engine="torch")
     t1 = time.perf_counter()
     marks = {}
-    job = AlignJob(spec=embedder.record.align)
+    job = AlignJob(spec=embedder.record.align, detector=detector)
     aligned, reps = represent_photos(raw, out, embedder, job, workers=WORKERS,
                                      on_start=lambda _total: marks.setdefault("aligned", time.perf_counter()))
     t3 = time.perf_counter()
@@ -88,7 +89,7 @@ def run_ours(raw: Path, out: Path, precision: str = "fp32") -> dict:
 
 # ---------------------------------------------------------------- the pipeline before: align, then represent
 
-def run_sequential(raw: Path, out: Path, precision: str = "fp32") -> dict:
+def run_sequential(raw: Path, out: Path, precision: str = "fp32", detector: str = "hog") -> dict:
     import torch  # noqa: F401 (not timed, as in run_ours)
 
     from facenet_cli.embed import Embedder
@@ -99,7 +100,7 @@ def run_sequential(raw: Path, out: Path, precision: str = "fp32") -> dict:
     t0 = time.perf_counter()
     embedder = Embedder(resolve_model(MODEL), device="cpu", precision=precision)
     t1 = time.perf_counter()
-    job = AlignJob(spec=embedder.record.align)
+    job = AlignJob(spec=embedder.record.align, detector=detector)
     aligned = align_tree(raw, out / "aligned", job, workers=WORKERS)
     t2 = time.perf_counter()
     reps = represent_tree(out / "aligned", out, embedder)
@@ -182,22 +183,22 @@ def agreement(ours_dir: Path, theirs_dir: Path) -> tuple[int, float, float]:
     return len(pairs), float(np.median(cos)), float(cos.min())
 
 
-def child(side: str, raw: Path, out: Path, precision: str) -> None:
+def child(side: str, raw: Path, out: Path, precision: str, detector: str = "hog") -> None:
     shutil.rmtree(out, ignore_errors=True)
     if side == "ours":
-        result = run_ours(raw, out, precision)
+        result = run_ours(raw, out, precision, detector)
     elif side == "sequential":
-        result = run_sequential(raw, out, precision)
+        result = run_sequential(raw, out, precision, detector)
     else:
         result = run_theirs(raw, out)
     print("RESULT " + json.dumps(result))
 
 
-def launch(side: str, raw: Path, out: Path, precision: str = "fp32") -> dict:
+def launch(side: str, raw: Path, out: Path, precision: str = "fp32", detector: str = "hog") -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--side", side, "--raw", str(raw), "--out", str(out),
-                           "--precision", precision],
+                           "--precision", precision, "--detector", detector],
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="8 images, one repeat: same steps, same table, figures not quotable")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                         help="our embedder's precision (Embedder(precision=...)); fp32 is the reference")
+    parser.add_argument("--detector", choices=("hog", "hog-fast"), default="hog",
+                        help="our align job's detector (both of our sides); theirs is always HOG with five filters")
     parser.add_argument("--sequential", action="store_true",
                         help="also run the pipeline before the overlap (align_tree, then represent_tree from the PNGs)")
     parser.add_argument("--side", choices=("ours", "sequential", "theirs"), help=argparse.SUPPRESS)
@@ -233,7 +236,7 @@ def main() -> None:
     if args.quick:
         args.images, args.repeats = 8, 1
     if args.side:
-        child(args.side, args.raw, args.out, args.precision)
+        child(args.side, args.raw, args.out, args.precision, args.detector)
         return
 
     sys.path.insert(0, str(HERE))
@@ -248,7 +251,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = sides if repeat % 2 == 0 else sides[::-1]
         for side in order:
-            runs[side].append(launch(side, raw, work / side, args.precision))
+            runs[side].append(launch(side, raw, work / side, args.precision, args.detector))
             r = runs[side][-1]
             print(f"  repeat {repeat + 1} {side:6}: {r['images'] / r['seconds']:6.2f} images/s "
                   f"({r['seconds']:.1f} s; load {os.getloadavg()[0]:.2f})", flush=True)
@@ -285,7 +288,7 @@ def main() -> None:
         print(f"sequential (align_tree, then represent_tree from the PNGs; torch {v['torch_threads']} threads): "
               f"{rate:.2f} images/s, {v['faces']} faces, {v['missed']} missed; ratio sequential / theirs: "
               f"{rate / theirs_rate:.2f}x; ours / sequential: {ours_rate / rate:.2f}x")
-    print(f"our precision: {args.precision}")
+    print(f"our precision: {args.precision}; our detector: {args.detector}")
     print(f"ours, by stage (median s): load model {med('ours', 'load'):.2f}, align (embedding alongside) "
           f"{med('ours', 'align'):.1f}, rest of the embedding and writing {med('ours', 'embed'):.1f}")
     print("ours, align ms per image per worker: "

@@ -1,6 +1,6 @@
 """The whole LFW View 2 benchmark, end to end, with the commands the README shows.
 
-    python benchmarks/lfw_view2.py [--out work/lfw-view2] [--workers 2] [--flip] [--fresh] [--quick]
+    python benchmarks/lfw_view2.py [--out work/lfw-view2] [--workers 2] [--flip] [--detector hog+cnn] [--fresh] [--quick]
 
 Runs `facenet align` on all 13,233 deep-funneled LFW images (the default model's spec; only a
 face covering the image centre counts, HOG first and dlib's CNN where HOG finds none, the
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="work folder (default work/lfw-view2, with --quick work/lfw-view2-quick)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--detector", default="hog+cnn", choices=("hog", "hog-fast", "cnn", "hog+cnn"),
+                        help="align's --detector (default hog+cnn, the README pipeline)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier outputs first (else align resumes)")
     parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
     return parser
@@ -71,7 +73,7 @@ def main() -> None:
     aligned, reps, evaluation = args.out / "aligned", args.out / "reps", args.out / "eval"
     times = {
         "align": run(facenet + ["align", str(images), str(aligned), "--faces", "center-only",
-                                "--detector", "hog+cnn", "--fallback", "center", "--workers", str(args.workers)]),
+                                "--detector", args.detector, "--fallback", "center", "--workers", str(args.workers)]),
         "represent": run(facenet + ["represent", str(aligned), str(reps)] + (["--flip"] if args.flip else [])),
         "lfw-roc": run(facenet + ["lfw-roc", str(reps), str(pairs), str(evaluation),
                                   "--comparisons", str(LFW / "comparisons")]),
@@ -83,7 +85,8 @@ def main() -> None:
     result = json.loads((evaluation / "result.json").read_text())
 
     pair_count = result.get("pairs", 6000)
-    print(f"\nLFW View 2 (10 folds, {pair_count:,} pairs), dlib-resnet.v1{' + flip' if args.flip else ''}, this machine")
+    print(f"\nLFW View 2 (10 folds, {pair_count:,} pairs), dlib-resnet.v1{' + flip' if args.flip else ''}, "
+          f"--detector {args.detector}, this machine")
     print(f"images: {len(rows)}; aligned {counts['aligned']}, centre-box fallback {len(fallbacks)}, "
           f"no face {counts['no-face']}, unreadable {counts['unreadable']}, other {len(rows) - sum(counts[k] for k in ('aligned', 'fallback', 'no-face', 'unreadable'))}")
     for step, (seconds, peak_mb) in times.items():

@@ -25,6 +25,7 @@ class Detector(Choice):
     hog = "hog"
     cnn = "cnn"
     hog_cnn = "hog+cnn"
+    hog_fast = "hog-fast"
 
 
 class Upsample(Choice):
