@@ -75,8 +75,6 @@ def load_checkpoint(path: str | os.PathLike, keys: tuple[str, ...] = MODEL_KEYS,
     UsageError when there is no file at `path`; DataError when it cannot be read as a
     checkpoint or lacks one of `keys`.
     """
-    import torch
-
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder, not a checkpoint file; give a .pt file saved by `facenet train`.")

@@ -701,7 +701,6 @@ def _add_photos(gallery: Gallery, items: list[tuple[str, str]], *, model, flip, 
     record, ref, use_flip = resolve_for(gallery, model, flip)
     if on_start:
         on_start(len(items))
-    outcomes: list[AddOutcome] = []
     engine: dict = {}
 
     def load(part: str):
