@@ -487,26 +487,20 @@ def _run(todo: list, job: AlignJob, workers: int, record: Callable[[FileOutcome]
     # The models load (and their files are verified) here, in the parent: a damaged model file
     # is one sentence before any work, and forked workers share the loaded models.
     _aligner_for(job)
-    if finish is not None:
-        # Chunks: the in-worker step gets several files at once (a batch for the network), and
-        # small jobs still give every worker a few chunks.
-        size = max(1, min(CHUNK_FILES, len(todo) // (workers * 4)))
-        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        if workers == 1 or len(chunks) == 1:
-            for chunk in chunks:
-                for outcome in _align_chunk(chunk, finish):
-                    record(outcome)
-            return
-        _run_pool(chunks, _align_chunk, job, workers, lambda outcomes: [record(o) for o in outcomes], out, finish)
+    # Tasks are chunks of files: one file each for align alone (each outcome recorded as soon as
+    # it is done); with an in-worker step several, so that the step gets a batch (the network's),
+    # and small jobs still give every worker a few chunks.
+    size = max(1, min(CHUNK_FILES, len(todo) // (workers * 4))) if finish is not None else 1
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    if workers == 1 or len(chunks) == 1:
+        for chunk in chunks:
+            for outcome in _align_chunk(chunk, finish):
+                record(outcome)
         return
-    if workers == 1 or len(todo) == 1:
-        for task in todo:
-            record(_align_one(task))
-        return
-    _run_pool(todo, _align_one, job, workers, record, out)
+    _run_pool(chunks, job, workers, record, out, finish)
 
 
-def _run_pool(todo: list, function: Callable, job: AlignJob, workers: int, record: Callable, out: Path,
+def _run_pool(chunks: list, job: AlignJob, workers: int, record: Callable[[FileOutcome], None], out: Path,
               finish: Callable | None = None) -> None:
     # Tasks (files, or chunks of files with an in-worker step) go out one by one, a few per
     # worker ahead, and each outcome is recorded as soon as its task is done (not in list
@@ -519,16 +513,17 @@ def _run_pool(todo: list, function: Callable, job: AlignJob, workers: int, recor
         raise UsageError("An in-worker step needs processes started by fork, which this platform lacks.")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method),
                                initializer=_init_worker, initargs=(job, os.getpid(), finish))
-    tasks = iter(todo)
+    tasks = iter(chunks)
     try:
-        pending = {pool.submit(function, task) for task in islice(tasks, workers * 4)}
+        pending = {pool.submit(_align_chunk, task) for task in islice(tasks, workers * 4)}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                record(future.result())  # re-raises DiskFull from a worker, BrokenProcessPool
+                for outcome in future.result():  # re-raises DiskFull from a worker, BrokenProcessPool
+                    record(outcome)
                 task = next(tasks, None)
                 if task is not None:
-                    pending.add(pool.submit(function, task))
+                    pending.add(pool.submit(_align_chunk, task))
     except BaseException:
         _stop(pool)
         # The killed workers' temporary files are stale now (their pids are dead).
