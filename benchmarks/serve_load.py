@@ -76,6 +76,7 @@ def enrol(url: str) -> int:
     lfw = need_lfw()
     added = 0
     with httpx.Client(base_url=url, timeout=60) as client:
+        client.headers["X-Facenet-CSRF"] = client.get("api/csrf").text  # every POST needs it
         for person in PEOPLE:
             for image in sorted((lfw / person).glob("*.jpg"))[:3]:
                 with open(image, "rb") as fh:

@@ -66,8 +66,25 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
+def json_safe(value):
+    """`value` with every non-finite float (NaN, +-Infinity, numpy's too) as None: strict JSON
+    has no such numbers, and most parsers refuse Python's `NaN`/`Infinity` extensions."""
+    import math
+
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:  # numpy scalars
+        return json_safe(value.item())
+    return value
+
+
 def write_json_atomic(path: str | os.PathLike, value) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    """A JSON file for people and other programs: strict JSON (non-finite numbers as null)."""
+    write_text_atomic(path, json.dumps(json_safe(value), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def _alive(pid: int) -> bool:

@@ -5,7 +5,8 @@ The library raises these; only the CLI turns them into `Error: ...` on stderr an
     0    done (per-file problems such as unreadable images are outcomes in the report, not errors)
     1    the job could not be done: bad or damaged data, a checksum mismatch, a full disk
     2    usage error: a bad option or argument, a missing input, options that contradict
-    130  interrupted (Ctrl-C); rerun the same command to resume
+    130  interrupted (Ctrl-C); each command's message says what a rerun does (align resumes,
+         train needs --resume, identify starts over: cli/_app.py INTERRUPTED)
 """
 from __future__ import annotations
 

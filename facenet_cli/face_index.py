@@ -4,11 +4,13 @@ index (faiss HNSW) over a gallery's faces, kept in one file beside the gallery
 
 File layout: the line `facenet-face-index`, one line of JSON (the header), then the library's
 own serialised index (the payload). The header records what the index was built from: the
-gallery's id and generation (bumped by every write transaction of the gallery), its number of
-faces and largest face id, the model's fingerprint and embedding size, and the payload's length
-and CRC-32. An index whose header does not match the gallery as it is now (stale), whose payload
-does not check out (damaged), or that was built for another model is never trusted: it is rebuilt
-from the gallery, which stays the only source of truth, and written atomically (atomic.py).
+gallery's id, generation (bumped by every write transaction of the gallery) and revision (a
+random token every write transaction replaces, so a copy of the gallery changed apart from this
+one, which may reach the same id, generation and counts, never matches), its number of faces and
+largest face id, the model's fingerprint and embedding size, and the payload's length and CRC-32.
+An index whose header does not match the gallery as it is now (stale), whose payload does not
+check out (damaged), or that was built for another model is never trusted: it is rebuilt from
+the gallery, which stays the only source of truth, and written atomically (atomic.py).
 
 Keys are the gallery's face ids; the index answers face ids and squared L2 distances, and the
 gallery answers who and where from. Queries use one thread (`identify` asks one face at a time).
@@ -171,6 +173,7 @@ def _header_for(state: "GalleryState", params: dict, payload: bytes) -> dict:
 
     return {"format": FORMAT, "version": VERSION, "library": LIBRARY, "library_version": version("faiss-cpu"),
             "params": params, "metric": "l2sq", "gallery_id": state.gallery_id, "generation": state.generation,
+            "revision": state.revision,
             "faces": state.faces, "max_face_id": state.max_face_id, "model_fingerprint": state.fingerprint,
             "dim": state.dim, "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
 
@@ -222,6 +225,8 @@ def stale_reason(header: dict, state: "GalleryState") -> str | None:
     if header.get("generation") != state.generation or header.get("faces") != state.faces or \
             header.get("max_face_id") != state.max_face_id:
         return "the gallery changed since it was built"
+    if header.get("revision") != state.revision or not isinstance(state.revision, str):
+        return "it was built for another copy of the gallery, changed apart from this one"
     return None
 
 

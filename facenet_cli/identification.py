@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .align import FaceAligner
     from .embed import Embedder
     from .gallery import Enrolment
+    from .photos import PhotoListing
 
 METHODS = ("mean", "nearest", "knn", "svm")
 UNKNOWN = "unknown"
@@ -421,38 +423,55 @@ class Identification:
                 "faces": [f.to_dict() for f in self.faces], "problems": self.problems}
 
     def csv_text(self) -> str:
+        """`identify --csv`, for spreadsheets: text cells neutralised (spreadsheet_text), the
+        candidates as a JSON list (names may hold any separator), a photo's problem in its own column."""
+        from .atomic import json_safe
+
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["photo", "face", "left", "top", "right", "bottom", "name", "distance", "far", "candidates"])
+        writer.writerow(["photo", "face", "left", "top", "right", "bottom", "name", "distance", "far", "candidates",
+                         "problem"])
         for f in self.faces:
             a = f.answer
-            writer.writerow([f.photo, f.face, *f.box, a.name, f"{a.distance:.6f}",
-                             "" if a.far is None else f"{a.far:.3g}",
-                             ";".join(f"{c.name}:{c.distance:.4f}" for c in a.candidates)])
+            candidates = json.dumps(json_safe([{"name": c.name, "distance": round(c.distance, 4)}
+                                               for c in a.candidates]), ensure_ascii=False, allow_nan=False)
+            writer.writerow([spreadsheet_text(f.photo), f.face, *f.box, spreadsheet_text(a.name), f"{a.distance:.6f}",
+                             "" if a.far is None else f"{a.far:.3g}", spreadsheet_text(candidates), ""])
         for photo, reason in self.problems.items():
-            writer.writerow([photo, "", "", "", "", "", "", "", "", reason])
+            writer.writerow([spreadsheet_text(photo), "", "", "", "", "", "", "", "", "", spreadsheet_text(reason)])
         return out.getvalue()
 
 
-def list_photos(inputs: Sequence[str | os.PathLike]) -> list[str]:
-    """Photos named directly, and every image file under folders (sorted)."""
-    from .aligned import looks_like_image
+# What spreadsheets read as the start of a formula (OWASP, "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
-    photos: list[str] = []
+
+def spreadsheet_text(text: str) -> str:
+    """A text cell of a CSV meant for spreadsheets: a leading ' when it would start a formula,
+    so `=HYPERLINK(...)` as a name or file name shows as text and is never evaluated."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def list_photos(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Photos named directly, and every photo under folders, listed as `align` lists (photos.py)."""
+    return [path for path, _ in photo_listing(inputs).photos]
+
+
+def photo_listing(inputs: Sequence[str | os.PathLike]) -> "PhotoListing":
+    """The photos to read and the entries that are not read (links to folders are not entered,
+    hidden entries and names with control characters are refused: photos.py, align's policy)."""
+    from .photos import list_photos as list_inputs
+
     for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            raise UsageError(f"{path} does not exist; check the path.")
-        if path.is_dir():
-            for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                photos += [str(Path(dirpath, n)) for n in sorted(filenames)
-                           if not n.startswith(".") and looks_like_image(n)]
-        else:
-            photos.append(str(path))
-    if not photos:
-        raise UsageError("No photo was found in the inputs; give photos or folders holding photos.")
-    return photos
+        if not Path(item).exists():
+            raise UsageError(f"{Path(item)} does not exist; check the path.")
+    listing = list_inputs(inputs)
+    if not listing.photos:
+        refused = listing.refused
+        count = f"{len(refused)} {'entry' if len(refused) == 1 else 'entries'}"
+        why = f" ({count} not read, e.g. {refused[0].path}: {refused[0].detail})" if refused else ""
+        raise UsageError(f"No photo was found in the inputs{why}; give photos or folders holding photos.")
+    return listing
 
 
 def matcher_for(enrolment, method: str | None = None, far: float | None = None, threshold: float | None = None,
@@ -518,7 +537,8 @@ def identify(gallery_path: str | os.PathLike, inputs: Sequence[str | os.PathLike
     """
     if top < 1:
         raise UsageError(f"--top must be at least 1, not {top}.")
-    photos = list_photos(inputs)
+    listing = photo_listing(inputs)
+    photos = [path for path, _ in listing.photos]
     state, enrolment = _load_gallery(gallery_path)
     gm = enrolment.model
     curve = curve_for_model(gm.record)
@@ -534,8 +554,10 @@ def identify(gallery_path: str | os.PathLike, inputs: Sequence[str | os.PathLike
     from .images import read_rgb
 
     result = Identification(str(gallery_path), gm.name, method, enrolment.size, matcher.threshold, matcher.far,
-                            matcher.gate, photos=len(photos),
+                            matcher.gate, photos=listing.entries,
                             far_range=(min(curve.fars), max(curve.fars)) if curve else None, search=search)
+    for entry in listing.refused:  # reported, so the photos' counts add up to the entries
+        result.problems[entry.path] = f"{entry.status}: {entry.detail}"
     if on_start:
         on_start(len(photos))
     for photo, label in zip(photos, display_names(photos)):

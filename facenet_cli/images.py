@@ -99,7 +99,9 @@ def decode_rgb(source, label, max_pixels: int | None = None) -> np.ndarray:
     except UnidentifiedImageError:
         raise BadImage(label, "is not an image in a format we can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(label, f"is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+        # Too many pixels as well (PIL refuses before our max_pixels check): a BadImage like any
+        # other to batch jobs, 413 to the server.
+        raise TooManyPixels(label, f"is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
     except UnsupportedMode as exc:
         raise BadImage(label, str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -129,15 +131,64 @@ class EmbedActor:
 
 # ---------------------------------------------------------------- the driver
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
+RAY_CLIENT_PORT = 10001  # ray://host without a port
+# A host name (RFC 1123 labels) or an IPv4 address; IPv6 addresses come in brackets.
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+RAY_WORDS = ("auto", "local")  # the cluster Ray finds; a new one on this machine
+
+
+def parse_address(address: str, source: str = "--address") -> tuple[str, int] | None:
+    """(host, port) of a Ray address (host:port, [v6]:port, ray://host[:port]); None for Ray's
+    words auto and local. Anything else is a usage error, before Ray is asked (which would end
+    in a ValueError traceback, after the output folder was made)."""
+    if address in RAY_WORDS:
+        return None
+    rest, default_port = address, None
+    if address.startswith("ray://"):
+        rest, default_port = address[len("ray://"):], RAY_CLIENT_PORT
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else (None if tail == "" else "bad")
+        valid_host = bool(bracket) and _is_ip(host, 6)
+    else:
+        host, colon, port = rest.rpartition(":")
+        if not colon:
+            host, port = rest, None
+        valid_host = bool(_HOST_NAME.fullmatch(host)) and (not host.replace(".", "").isdigit() or _is_ip(host, 4))
+    if port is None and default_port is not None:
+        port = str(default_port)
+    if not (valid_host and port is not None and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise UsageError(f"{source} {address!r} is not a Ray cluster address; give host:port as `ray start --head` "
+                         "prints it (e.g. 10.0.0.5:6379), ray://host:port for Ray Client, auto (the cluster Ray "
+                         "finds) or local (a new one on this machine).")
+    return host, int(port)
+
+
+def _is_ip(text: str, version: int) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host.rstrip(".").lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_reachable(address: str, where: tuple[str, int], timeout: float = 5.0) -> None:
     """Refuse a host:port nothing listens on in seconds (Ray itself retries for minutes)."""
     import socket
 
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return  # ray://, "auto", "local": Ray's own forms, left to Ray
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        socket.create_connection(where, timeout=timeout).close()
     except OSError as exc:
         raise FacenetError(f"No Ray cluster answers at {address} ({exc.strerror or exc}); start one there with "
                            "`ray start --head`, or leave out --address to start a local one.") from None
@@ -146,21 +197,17 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _start_local(ray, settings: dict) -> None:
-    """ray.init without an address: the cluster Ray finds (RAY_ADDRESS, or the latest `ray
-    start` on this machine), else a local one for this run, with no dashboard and on loopback.
+@contextmanager
+def _on_loopback() -> Iterator[None]:
+    """Ray's processes started (and this driver's own listening socket opened) inside bind
+    127.0.0.1 only.
 
-    On Linux, Ray 2.60 puts cluster traffic on the machine's network address even when told
-    127.0.0.1; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it on 127.0.0.1 (a local cluster for
-    one run needs nobody else). Ray reads that variable when it is imported, so besides setting
-    it for the processes Ray starts, its constant is set to match (unless the user chose
-    otherwise); this process's environment is restored afterwards."""
-    import tempfile
-
-    found = os.environ.get("RAY_ADDRESS") or Path(tempfile.gettempdir(), "ray", "ray_current_cluster").is_file()
-    if found:
-        ray.init(**settings)
-        return
+    On Linux, Ray 2.60 binds every interface and puts cluster traffic on the machine's network
+    address even when told 127.0.0.1 (it even turns a 127.0.0.1 --address into that network
+    address); RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps everything on 127.0.0.1 (one node: a
+    local cluster for one run needs nobody else). Ray reads that variable when it is imported,
+    so besides setting it for the processes Ray starts, its constant is set to match (unless
+    the user chose otherwise); this process's environment is restored afterwards."""
     before = os.environ.get(LOOPBACK_ONLY)
     os.environ.setdefault(LOOPBACK_ONLY, "0")
     try:
@@ -171,10 +218,29 @@ def _start_local(ray, settings: dict) -> None:
                 ray_constants.ENABLE_RAY_CLUSTER = False
             except (ImportError, AttributeError):  # another Ray: the variable alone
                 pass
-        ray.init(address="local", include_dashboard=False, **settings)
+        yield
     finally:
         if before is None:
             os.environ.pop(LOOPBACK_ONLY, None)
+
+
+def _found_cluster() -> bool:
+    """Would ray.init() without an address connect to a running cluster (RAY_ADDRESS, or the
+    latest `ray start` on this machine)?"""
+    import tempfile
+
+    return bool(os.environ.get("RAY_ADDRESS")) or Path(tempfile.gettempdir(), "ray", "ray_current_cluster").is_file()
+
+
+def _start_local(ray, settings: dict, fresh: bool = False) -> None:
+    """ray.init without an address: the cluster Ray finds (RAY_ADDRESS, or the latest `ray
+    start` on this machine), else (or with `fresh`: --address local) a local one for this run,
+    with no dashboard and on loopback only (_on_loopback)."""
+    if _found_cluster() and not fresh:
+        ray.init(**settings)
+        return
+    with _on_loopback():
+        ray.init(address="local", include_dashboard=False, **settings)
 
 
 class RayExecutor:
@@ -197,6 +263,13 @@ class RayExecutor:
             raise UsageError(f"--workers must be at least 1, not {max_tasks}.")
         if actors is not None and actors < 1:
             raise UsageError(f"actors must be at least 1, not {actors}.")
+        # A malformed address (or RAY_ADDRESS, which Ray uses without one) is a usage error now.
+        if address is not None:
+            self._where = parse_address(address)
+        elif os.environ.get("RAY_ADDRESS"):
+            self._where = parse_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+        else:
+            self._where = None
         self.address, self.max_tasks, self.actors = address, max_tasks, actors
         self._ray = None
         self._connected_here = False
@@ -204,11 +277,14 @@ class RayExecutor:
     # --- connection ---------------------------------------------------------------------
 
     def __enter__(self) -> "RayExecutor":
-        # Not installed, or nothing at --address: one sentence now, before any work starts.
-        # The connection itself waits for the first work (a rerun with nothing to do needs none).
+        # Not installed, nothing at --address, no cluster where one is expected: one sentence
+        # now, before any output is written. A running cluster is connected to now (seconds);
+        # a local one is started only for the first work (a rerun with nothing to do needs none).
         import_ray()
-        if self.address:
-            _check_reachable(self.address)
+        if self._where is not None:  # also when this driver is connected already: --address was meant
+            _check_reachable(self.address or os.environ["RAY_ADDRESS"], self._where)
+        if self.address != "local" and (self.address is not None or _found_cluster()):
+            self.connect()
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -223,11 +299,15 @@ class RayExecutor:
         if not ray.is_initialized():
             settings = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
             try:
-                if self.address:
-                    _check_reachable(self.address)  # Ray itself would retry for minutes
-                    ray.init(address=self.address, **settings)
+                if self._where is not None:  # Ray itself would retry for minutes
+                    _check_reachable(self.address or os.environ["RAY_ADDRESS"], self._where)
+                if self.address in (None, "local"):
+                    _start_local(ray, settings, fresh=self.address == "local")
+                elif self._where is not None and _is_loopback(self._where[0]):
+                    with _on_loopback():  # this driver's own socket on loopback too, and 127.0.0.1 kept
+                        ray.init(address=self.address, **settings)
                 else:
-                    _start_local(ray, settings)
+                    ray.init(address=self.address, **settings)
             except ConnectionError as exc:
                 where = f"at {self.address}" if self.address else "that Ray found"
                 raise FacenetError(f"Cannot connect to the Ray cluster {where} ({' '.join(str(exc).split())[:200]}); "

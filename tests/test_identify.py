@@ -133,10 +133,14 @@ def test_bad_input(gallery, photos, tmp_path, run_cli, examples_dir):
     (tmp_path / "corrupt.gallery").write_bytes(b"SQLite format 3\x00" + b"\xff" * 2000)
     corrupt = run_cli("identify", tmp_path / "corrupt.gallery", query)
     assert corrupt.exit_code == 1 and "not a readable gallery" in error_line(corrupt.stderr)
-    # A gallery whose every photo failed exists but is empty.
+    # A gallery whose every photo failed is not made; one whose every face was removed is empty.
     (tmp_path / "k" / "Nobody").mkdir(parents=True)
     (tmp_path / "k" / "Nobody" / "x.jpg").write_bytes(b"junk")
     run_cli("gallery", "add", tmp_path / "empty.gallery", tmp_path / "k")
+    assert not (tmp_path / "empty.gallery").exists()
+    photo = sorted(query.iterdir())[0]
+    assert run_cli("gallery", "add", tmp_path / "empty.gallery", "--name", "X", photo).exit_code == 0
+    assert run_cli("gallery", "remove", tmp_path / "empty.gallery", "X").exit_code == 0
     empty = run_cli("identify", tmp_path / "empty.gallery", query)
     assert empty.exit_code == 1 and "holds no faces" in error_line(empty.stderr)
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ._sockets import LOOPBACK, SocketWatcher, listeners
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -39,6 +41,8 @@ def cluster():
             patch.setenv(key, value)
         ray = pytest.importorskip("ray", reason="Ray is not installed (`pip install 'facenet-cli[ray]'`)")
         from ray._private import ray_constants, worker
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read at import: Ray may have been imported before
 
         context = ray.init(num_cpus=2, object_store_memory=200 * 1024 * 1024, include_dashboard=False,
                            log_to_driver=False, logging_level=logging.ERROR)
@@ -282,3 +286,68 @@ def test_an_address_where_no_cluster_runs_is_one_sentence(photos, tmp_path, run_
         "Error: No Ray cluster answers at 127.0.0.1:1 (Connection refused); start one there with "
         "`ray start --head`, or leave out --address to start a local one."]
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the address, checked first
+
+@pytest.mark.parametrize("command", ["align", "represent"])
+def test_a_malformed_address_is_a_usage_error_and_out_is_not_made(command, photos, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:  # (not imported here: the cluster fixture imports it first)
+        pytest.skip("Ray is not installed (`pip install 'facenet-cli[ray]'`)")
+    extra = ["--photos", "--device", "cpu"] if command == "represent" else []
+    for address, env in (("nonsense", {}), ("head:99999", {}), (None, {"RAY_ADDRESS": "nonsense"})):
+        out = tmp_path / f"out-{address}"
+        given = ["--address", address] if address else []
+        done = cli(command, str(photos), str(out), *extra, "--executor", "ray", *given, env=env)
+        source = "--address" if address else "RAY_ADDRESS"
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"Error: {source} '{address or 'nonsense'}' is not a Ray cluster address; give host:port as `ray start "
+            "--head` prints it (e.g. 10.0.0.5:6379), ray://host:port for Ray Client, auto (the cluster Ray finds) or "
+            "local (a new one on this machine)."]
+        assert not out.exists()
+
+
+# ---------------------------------------------------------------- what Ray listens on
+
+def without_loopback_env() -> dict:
+    """This environment without the variable that keeps Ray on loopback (nor RAY_ADDRESS): what
+    the command does by itself is checked, not what the tests set."""
+    return {k: v for k, v in os.environ.items() if k not in (*LOOPBACK_ENV, "RAY_ADDRESS")}
+
+
+@pytest.mark.parametrize("how", ["a local cluster", "--address local", "--address of a running cluster"])
+def test_every_ray_listener_is_on_loopback(how, cluster, photos, tmp_path):
+    """`ss -ltnp` during `--executor ray`: the cluster the command starts (GCS, raylet, object
+    manager, runtime-env agent, workers) and the driver itself listen on 127.0.0.1 only; so does
+    the driver connected to a loopback cluster, whose processes (children of this test process)
+    are watched too."""
+    raw = tmp_path / "raw"
+    person = sorted(p for p in photos.iterdir())[1]
+    (raw / person.name).mkdir(parents=True)
+    for photo in sorted(person.iterdir()):
+        (raw / person.name / photo.name).write_bytes(photo.read_bytes())
+    given = {"a local cluster": [], "--address local": ["--address", "local"],
+             "--address of a running cluster": ["--address", cluster["address"]]}[how]
+    process = subprocess.Popen([PYTHON, "-m", "facenet_cli", "align", str(raw), str(tmp_path / "out"), "--executor",
+                                "ray", *given, "--json"], cwd=ROOT, env=without_loopback_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = SocketWatcher(process)
+    command.start()
+    ours = SocketWatcher(os.getpid())  # the test's own cluster, when the command uses it
+    ours.start()
+    try:
+        stdout, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:  # timed out: our own child, stopped by its pid
+            process.kill()
+            process.communicate()
+        command.join()
+        ours.stop()
+    assert process.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout)["counts"]["aligned"]["now"] == PER_PERSON
+    opened = listeners(command.sockets | ours.sockets)
+    assert len(listeners(command.sockets)) >= (1 if given and how != "--address local" else 4), command.sockets
+    assert all(host in LOOPBACK for host, _ in opened), sorted(opened)

@@ -228,6 +228,10 @@ def test_search_bad_input_one_sentence(gallery, photos, lfw_images, tmp_path, ru
     (tmp_path / "k" / "Nobody").mkdir(parents=True)
     (tmp_path / "k" / "Nobody" / "x.jpg").write_bytes(b"junk")
     run_cli("gallery", "add", tmp_path / "empty.gallery", tmp_path / "k")
+    assert not (tmp_path / "empty.gallery").exists()  # a gallery file appears with its first face
+    # A gallery whose every face was removed exists but is empty.
+    assert run_cli("gallery", "add", tmp_path / "empty.gallery", "--name", "X", query).exit_code == 0
+    assert run_cli("gallery", "remove", tmp_path / "empty.gallery", "X").exit_code == 0
     empty = run_cli("search", tmp_path / "empty.gallery", query)
     assert empty.exit_code == 1 and "holds no faces" in error_line(empty.stderr)
     # A corrupt index is no user error: it is rebuilt from the gallery, with a note on stderr.

@@ -43,12 +43,13 @@ def server(tmp_path):
     """The app on uvicorn in a thread, on a free port of 127.0.0.1; stopped at teardown."""
     import uvicorn
 
-    from facenet_cli.serve.app import create_app
+    from facenet_cli.serve.app import ServeConfig, create_app
     from facenet_cli.serve.engine import Engine
 
     engine = Engine(tmp_path / "people.gallery", enrol_frames=3)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, ServeConfig(port=port)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -76,13 +77,13 @@ def test_enrol_from_the_camera_then_name_and_unknown_in_the_browser(server, fake
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 720})
             page.goto(url)
-            page.wait_for_function("window.facenet && window.facenet.answers >= 3", timeout=60_000)
-            assert page.evaluate("window.facenet.error") is None
+            page.wait_for_function("() => window.facenet && window.facenet.answers >= 3", timeout=60_000)
+            assert page.evaluate("() => window.facenet.error") is None
 
             page.fill("#enrol-name", NAME)
             page.click("#enrol-button")
-            page.wait_for_function("window.facenet.enrol && window.facenet.enrol.done", timeout=90_000)
-            assert page.evaluate("window.facenet.enrol.added") == 3
+            page.wait_for_function("() => window.facenet.enrol && window.facenet.enrol.done", timeout=90_000)
+            assert page.evaluate("() => window.facenet.enrol.added") == 3
             assert "3 faces enrolled" in page.inner_text("#enrol-status")
 
             # The gallery list: the person, their count and a thumbnail from the camera.
@@ -97,7 +98,7 @@ def test_enrol_from_the_camera_then_name_and_unknown_in_the_browser(server, fake
                 const stranger = drawn.find(f => f.label === "unknown");
                 return drawn.length === 2 && named && stranger && named.centre[0] < stranger.centre[0];
             }}""", timeout=90_000)
-            drawn = page.evaluate("window.facenet.overlay")
+            drawn = page.evaluate("() => window.facenet.overlay")
             items = page.eval_on_selector_all("#faces-in-view li", "els => els.map(e => e.dataset.label)")
             assert sorted(items) == sorted(f["label"] for f in drawn) == sorted([NAME, "unknown"])
             # The canvas really carries the drawing: pixels of the boxes are not transparent.

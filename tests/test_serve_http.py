@@ -15,17 +15,26 @@ from starlette.websockets import WebSocketDisconnect
 from facenet_cli.gallery import Gallery
 from facenet_cli.identification import identify
 from facenet_cli.images import read_rgb
-from facenet_cli.serve.app import ServeConfig, create_app
+from facenet_cli.serve.app import CSRF_HEADER, ServeConfig, create_app
 from facenet_cli.serve.engine import Engine
 from facenet_cli.serve.fakecam import compose_frame, jpeg
 
 BUSH = "George_W_Bush"
 POWELL = "Colin_Powell"
 STRANGER = "Tony_Blair"
+WS = "ws://127.0.0.1:8000/ws"  # TestClient's own default host, testserver, is no address this server serves
 
 
 def photo(lfw_images, person: str, number: int):
     return lfw_images / person / f"{person}_{number:04d}.jpg"
+
+
+def serve_client(engine, config: ServeConfig | None = None) -> TestClient:
+    """A client that addresses the server as this machine does (Host 127.0.0.1) and sends the
+    X-Facenet-CSRF header a script reads from GET /api/csrf."""
+    client = TestClient(create_app(engine, config), base_url="http://127.0.0.1:8000")
+    client.headers[CSRF_HEADER] = client.get("/api/csrf").text
+    return client
 
 
 def frame_of(lfw_images, person: str, number: int, shift: int = 0, side: int = 400) -> bytes:
@@ -37,7 +46,7 @@ def engine(lfw_images, tmp_path_factory):
     """One engine (models loaded once) on a gallery of two LFW people, enrolled through the API."""
     gallery = tmp_path_factory.mktemp("serve") / "people.gallery"
     engine = Engine(gallery)
-    client = TestClient(create_app(engine))
+    client = serve_client(engine)
     for person in (BUSH, POWELL):
         for number in (1, 2, 3):
             with open(photo(lfw_images, person, number), "rb") as fh:
@@ -48,7 +57,7 @@ def engine(lfw_images, tmp_path_factory):
 
 @pytest.fixture
 def client(engine):
-    with TestClient(create_app(engine)) as test_client:
+    with serve_client(engine) as test_client:
         yield test_client
 
 
@@ -68,7 +77,14 @@ def test_identify_endpoint_agrees_with_facenet_identify(client, engine, lfw_imag
         assert len(faces) == 1
         got = faces[0]
         assert got["name"] == want.answer.name
-        assert got["best_match"] == want.answer.person
+        # Who a stranger looks most like is told only when asked for.
+        if want.answer.name == "unknown":
+            assert got["best_match"] is None and got["candidates"] == []
+        else:
+            assert got["best_match"] == want.answer.person and got["candidates"]
+        with open(query, "rb") as fh:
+            revealed = client.post("/api/identify?reveal=1", files={"image": (query.name, fh)}).json()["faces"][0]
+        assert revealed["best_match"] == want.answer.person and revealed["candidates"]
         assert got["box"] == list(want.box)
         assert got["distance"] == pytest.approx(want.answer.distance, abs=1e-5)
         vector = np.array(got["embedding"])
@@ -85,7 +101,7 @@ def test_compare_endpoint(client, examples_dir):
 
 
 def test_gallery_list_thumbnails_move_and_remove(engine, lfw_images):
-    client = TestClient(create_app(engine))
+    client = serve_client(engine)
     listing = client.get("/api/gallery").json()
     people = {p["name"]: p for p in listing["people"]}
     assert people[BUSH]["faces"] == 3 and people[POWELL]["faces"] == 3
@@ -125,7 +141,7 @@ def test_bad_names_are_refused_with_the_gallerys_reason(client, lfw_images, name
 
 
 def test_limits_and_bad_payloads(engine, lfw_images, tmp_path):
-    client = TestClient(create_app(engine, ServeConfig(max_upload_bytes=20_000)))
+    client = serve_client(engine, ServeConfig(max_upload_bytes=20_000))
     big = tmp_path / "big.png"
     cv2.imwrite(str(big), np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
     assert big.stat().st_size > 20_000
@@ -157,7 +173,7 @@ def test_limits_and_bad_payloads(engine, lfw_images, tmp_path):
 
 
 def test_token_is_required_for_every_request_and_socket(engine):
-    client = TestClient(create_app(engine, ServeConfig(token="s3cret")))
+    client = TestClient(create_app(engine, ServeConfig(token="s3cret")), base_url="http://127.0.0.1:8000")
     assert client.get("/api/gallery").status_code == 401
     assert client.get("/").status_code == 401
     assert client.get("/docs").status_code == 401
@@ -165,14 +181,23 @@ def test_token_is_required_for_every_request_and_socket(engine):
     assert client.get("/api/gallery", headers={"X-Facenet-Token": "s3cret"}).status_code == 200
     assert client.get("/api/gallery", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     with pytest.raises(WebSocketDisconnect) as closed:
-        with client.websocket_connect("/ws") as ws:
+        with client.websocket_connect(WS) as ws:
             ws.receive_json()
     assert closed.value.code == 1008
     page = client.get("/?token=s3cret")  # the printed URL: the page, and a cookie for its own requests
     assert page.status_code == 200 and "facenet serve" in page.text
     assert client.get("/api/gallery").status_code == 200
-    with client.websocket_connect("/ws") as ws:
+    with client.websocket_connect(WS) as ws:
         assert ws.receive_json()["type"] == "hello"
+    # The cookie alone is no proof for a change (another site's form would carry it too): the
+    # page adds the CSRF value it was served with; a script may send the token in a header instead.
+    assert client.delete("/api/gallery/people/Nobody").status_code == 403
+    csrf = client.get("/api/csrf").text
+    assert f'content="{csrf}"' in page.text
+    assert client.delete("/api/gallery/people/Nobody", headers={CSRF_HEADER: csrf}).status_code == 404
+    client.cookies.clear()
+    assert client.delete("/api/gallery/people/Nobody", headers={"X-Facenet-Token": "s3cret"}).status_code == 404
+    assert client.delete("/api/gallery/people/Nobody", headers={CSRF_HEADER: csrf}).status_code == 401
 
 
 def _answer(ws) -> dict:
@@ -183,7 +208,7 @@ def _answer(ws) -> dict:
 
 
 def test_name_shows_once_the_face_is_stable(client, lfw_images):
-    with client.websocket_connect("/ws") as ws:
+    with client.websocket_connect(WS) as ws:
         hello = ws.receive_json()
         assert hello["type"] == "hello" and hello["people"] == 2
         labels = []
@@ -210,7 +235,7 @@ def test_name_shows_once_the_face_is_stable(client, lfw_images):
 def test_blurred_face_never_gets_a_name(client, lfw_images):
     frame = compose_frame([read_rgb(photo(lfw_images, BUSH, 10))], 400)
     blurred = jpeg(cv2.GaussianBlur(frame, (0, 0), 4))
-    with client.websocket_connect("/ws") as ws:
+    with client.websocket_connect(WS) as ws:
         ws.receive_json()
         for _ in range(4):
             ws.send_bytes(blurred)
@@ -221,7 +246,7 @@ def test_blurred_face_never_gets_a_name(client, lfw_images):
 
 def test_stale_frames_are_dropped_not_queued(client, lfw_images):
     frames = [frame_of(lfw_images, POWELL, 10, shift=i) for i in range(8)]
-    with client.websocket_connect("/ws") as ws:
+    with client.websocket_connect(WS) as ws:
         ws.receive_json()
         for data in frames:  # much faster than the server answers
             ws.send_bytes(data)
@@ -236,12 +261,12 @@ def test_stale_frames_are_dropped_not_queued(client, lfw_images):
 
 def test_bad_messages_close_only_their_socket(client, lfw_images):
     good = frame_of(lfw_images, BUSH, 10)
-    with client.websocket_connect("/ws") as healthy:
+    with client.websocket_connect(WS) as healthy:
         healthy.receive_json()
         for payload, code in ((b"GIF89a but not really an image", 1007), (b"not an image at all", 1007),
                               (b"\xff\xd8\xff" + b"\0" * (3 * 1024 * 1024), 1009), ("{not json", 1007),
                               ('{"type": "shutdown"}', 1007)):
-            with client.websocket_connect("/ws") as ws:
+            with client.websocket_connect(WS) as ws:
                 ws.receive_json()
                 ws.send_bytes(payload) if isinstance(payload, bytes) else ws.send_text(payload)
                 with pytest.raises(WebSocketDisconnect) as closed:
@@ -265,10 +290,10 @@ def test_enrol_from_frames_persists_and_agrees_with_identify(lfw_images, tmp_pat
     monkeypatch.setattr(engine_module, "ENROL_INTERVAL_S", 0.0)
     gallery = tmp_path / "live.gallery"
     engine = Engine(gallery, enrol_frames=3)
-    client = TestClient(create_app(engine))
+    client = serve_client(engine)
     two_faces = jpeg(compose_frame([read_rgb(photo(lfw_images, POWELL, 5)),
                                     read_rgb(photo(lfw_images, STRANGER, 1))], 300))
-    with client.websocket_connect("/ws") as ws:
+    with client.websocket_connect(WS) as ws:
         assert ws.receive_json()["people"] == 0
         ws.send_text('{"type": "enrol", "name": "Colin"}')
         assert ws.receive_json() == {"type": "enrol", "name": "Colin", "added": 0, "wanted": 3, "done": False,
@@ -295,9 +320,9 @@ def test_enrol_from_frames_persists_and_agrees_with_identify(lfw_images, tmp_pat
     # (identify searches at full resolution and may also box a small false face: take the real one)
     found = identify(gallery, [str(query)]).faces
     expected = max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).answer
-    restarted = TestClient(create_app(Engine(gallery)))
+    restarted = serve_client(Engine(gallery))
     assert [p["name"] for p in restarted.get("/api/gallery").json()["people"]] == ["Colin"]
-    with restarted.websocket_connect("/ws") as ws:
+    with restarted.websocket_connect(WS) as ws:
         assert ws.receive_json()["people"] == 1
         for _ in range(3):
             ws.send_bytes(query.read_bytes())
@@ -315,6 +340,7 @@ def test_enrol_from_frames_persists_and_agrees_with_identify(lfw_images, tmp_pat
 def test_cli_serves_prints_the_url_with_its_token_and_stops_on_ctrl_c(tmp_path, lfw_images):
     """`facenet serve` as a user runs it: the models load once, the printed URL works, the token
     is enforced, a bad gallery path is one sentence, Ctrl-C (SIGINT) stops it."""
+    import re
     import signal
     import subprocess
     import sys
@@ -339,10 +365,16 @@ def test_cli_serves_prints_the_url_with_its_token_and_stops_on_ctrl_c(tmp_path, 
         url = line.split("open ", 1)[1].strip()
         base = url.split("?")[0]
         assert httpx.get(base + "api/gallery").status_code == 401
+        # The second line (stderr) gives scripts the X-Facenet-CSRF value.
+        csrf = re.search(r"X-Facenet-CSRF: (\S+) ", server.stderr.readline()).group(1)
         with httpx.Client() as client:
             assert client.get(url).status_code == 200  # the printed URL opens the page
             with open(photo(lfw_images, BUSH, 1), "rb") as fh:
-                added = client.post(base + f"api/gallery/people/{BUSH}/faces", files={"image": ("a.jpg", fh)})
+                refused = client.post(base + f"api/gallery/people/{BUSH}/faces", files={"image": ("a.jpg", fh)})
+            assert refused.status_code == 403 and "X-Facenet-CSRF" in refused.json()["detail"]
+            with open(photo(lfw_images, BUSH, 1), "rb") as fh:
+                added = client.post(base + f"api/gallery/people/{BUSH}/faces", files={"image": ("a.jpg", fh)},
+                                    headers={"X-Facenet-CSRF": csrf})
             assert added.status_code == 201, added.text
     finally:
         server.send_signal(signal.SIGINT)
@@ -379,7 +411,7 @@ def test_edits_through_the_server_keep_the_search_index_current(engine, lfw_imag
 
         current_index(gallery, state, enrolment)  # build and save the index the way a reader does
     assert index_is_current()
-    client = TestClient(create_app(engine))
+    client = serve_client(engine)
     added = post_image(client, "/api/gallery/people/Index Check/faces", photo(lfw_images, STRANGER, 3))
     assert added.status_code == 201, added.text
     assert index_is_current()

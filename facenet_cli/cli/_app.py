@@ -25,12 +25,32 @@ from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Pre
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, FacenetError, is_disk_full, write_error
 
 # Sentences are never wrapped mid-path (copyable, greppable); tables still fit the terminal.
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# Markup and emoji codes off: paths and names are user text (`[/x]` would raise MarkupError,
+# `[b]Ada` print as Ada, `:smile:` as an emoji); styling is done with rich.text.Text.
+console = Console(soft_wrap=True, markup=False, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 
 
 def _print_error(message: str) -> None:
+    # Under torchrun (or `train --nproc-per-node`) every rank meets the same error: rank 0 says it.
+    if _other_rank():
+        import os
+        import time
+
+        if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun stops every rank when one exits: rank 0 first
+            time.sleep(3)
+        return
     err_console.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _other_rank() -> bool:
+    """True in rank 1, 2, ... of a distributed launch (WORLD_SIZE > 1); they exit quietly."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1 and int(os.environ.get("RANK") or 0) != 0
+    except ValueError:
+        return False
 
 
 def _plain_error(message: str, code: int) -> None:
@@ -98,8 +118,8 @@ class FacenetGroup(TyperGroup):
         try:
             result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                                   standalone_mode=False, **extra)
-        except KeyboardInterrupt:
-            _plain_error("interrupted; rerun the same command to resume.", EXIT_INTERRUPTED)
+        except KeyboardInterrupt:  # before a command started (its own hint says what a rerun does)
+            _plain_error("interrupted before the command started; nothing was done.", EXIT_INTERRUPTED)
         except Exception as exc:  # the parser's own exception types live in typer's vendored click
             if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
                 message = exc.format_message().rstrip(".")
@@ -126,11 +146,33 @@ class FacenetGroup(TyperGroup):
 
 
 class FacenetCommand(TyperCommand):
-    """A command whose --help imports typer's renderer the light way."""
+    """A command whose --help imports typer's renderer the light way, and whose float options
+    are refused when not finite."""
 
     def format_help(self, ctx, formatter):
         _import_help_renderer()
         return super().format_help(ctx, formatter)
+
+    def parse_args(self, ctx, args):
+        rest = super().parse_args(ctx, args)
+        check_finite_options(self, ctx)
+        return rest
+
+
+def check_finite_options(command, ctx) -> None:
+    """Every float option of every command in one place: `nan`, `inf` and `1e999` parse as
+    floats, but no threshold, rate or weight means anything there, and they would end up as
+    NaN/Infinity in --json. A usage error (exit 2, one sentence) instead. Checked on the parsed
+    values (a float-typed option parses to a Python float), whatever typer's parameter types."""
+    import math
+
+    for param in command.params:
+        value = ctx.params.get(param.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                name = param.opts[0] if param.opts else param.name
+                ctx.fail(f"{name} must be a finite number, not {item}")  # the parser's usage error
 
 
 class _LazyCommand(TyperCommand):
@@ -199,8 +241,61 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
     raise typer.Exit(code)
 
 
-def guarded(fn: Callable, interrupted: str = "interrupted; rerun the same command to resume.") -> Callable:
-    """`fn` with the library's errors turned into `Error: <sentence>` and their exit code."""
+def _quoted(path: Any) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def _train_interrupted(resume_dir: Any = None, out: Any = None, **_: Any) -> str:
+    """train keeps every finished epoch in OUT/last.pt; the same command is refused once it
+    exists (OUT holds a run), so the hint depends on whether an epoch finished."""
+    run = resume_dir or out
+    if run is not None and (Path(run) / "last.pt").is_file():
+        return (f"interrupted; the finished epochs are kept, `facenet train --resume {_quoted(run)}` continues "
+                "from the last one.")
+    return "interrupted before the first epoch finished, so nothing was kept; rerun the same command to start again."
+
+
+def _represent_interrupted(out: Any = None, photos: bool = False, **_: Any) -> str:
+    """represent streams into temporary files renamed only at the end; --photos aligns first,
+    into OUT/aligned, which resumes like `facenet align`."""
+    if photos:
+        return (f"interrupted; the faces aligned so far are kept in {Path(out) / 'aligned'}: rerun the same command "
+                "to resume aligning, then every face is embedded again.")
+    return f"interrupted; {out} is as it was before this run, rerun the same command to embed every image again."
+
+
+# What a rerun does after Ctrl-C, per command (the hint must be true: only align and the
+# alignment stage of others resume). A string, or a function of the command's arguments.
+INTERRUPTED: dict[str, str | Callable[..., str]] = {
+    "align": "interrupted; rerun the same command to resume.",
+    "represent": _represent_interrupted,
+    "compare": "interrupted; compare writes nothing, rerun the same command to compare again.",
+    "lfw-roc": "interrupted; rerun the same command to measure again from the start.",
+    "tsne": "interrupted; rerun the same command to make the map again from the start.",
+    "train": _train_interrupted,
+    "fetch-models": "interrupted; the files fetched and verified so far are kept, rerun the same command to fetch "
+                    "the rest.",
+    "demo": "interrupted; rerun the same command to run the demo again.",
+    "identify": "interrupted; no answer was printed, rerun the same command to identify from the start.",
+    "cluster": "interrupted; rerun the same command to cluster again (photos already aligned into OUT/aligned are "
+               "not aligned again).",
+    "search": "interrupted; no match was printed, rerun the same command to search again.",
+    "serve": "interrupted; the server stopped, and the faces enrolled through it are kept in the gallery.",
+    "gallery add": "interrupted; the faces added so far are in the gallery, rerun the same command to add the rest.",
+    "gallery list": "interrupted; the gallery was only read, nothing changed.",
+    "gallery remove": "interrupted; the removal was made in full or not at all, `facenet gallery list` shows which.",
+    "gallery move": "interrupted; the move was made in full or not at all, `facenet gallery list --faces` shows "
+                    "which.",
+    "gallery export": "interrupted; the export folder is as it was before this run, rerun the same command to "
+                      "export again.",
+}
+
+
+def guarded(fn: Callable, interrupted: str | Callable[..., str] = "interrupted; nothing was kept.") -> Callable:
+    """`fn` with the library's errors turned into `Error: <sentence>` and their exit code, and
+    Ctrl-C into `interrupted` (or what `interrupted(**arguments)` says) with exit code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -213,7 +308,7 @@ def guarded(fn: Callable, interrupted: str = "interrupted; rerun the same comman
                 fail(str(write_error(exc, exc.filename or "an output")), EXIT_FAILURE)
             raise
         except KeyboardInterrupt:
-            fail(interrupted, EXIT_INTERRUPTED)
+            fail(interrupted(**kwargs) if callable(interrupted) else interrupted, EXIT_INTERRUPTED)
 
     return wrapper
 
@@ -227,12 +322,36 @@ def command(fn: Callable | None = None, **settings) -> Callable:
         return lambda f: command(f, **settings)
     name = fn.__name__.replace("_command", "").replace("_", "-")
     settings.setdefault("cls", FacenetCommand)
-    return app.command(name, **settings)(guarded(fn))
+    return app.command(name, **settings)(guarded(fn, INTERRUPTED[name]))
+
+
+def refuse_together(**given: bool) -> None:
+    """Options that contradict each other: a usage error naming the first two given, e.g.
+    `refuse_together(**{"--csv": as_csv, "--json": as_json})`."""
+    from ..errors import UsageError
+
+    named = [name for name, on in given.items() if on]
+    if len(named) > 1:
+        raise UsageError(f"{named[0]} and {named[1]} cannot be used together; choose one.")
+
+
+def given_options(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among parameter `names` given on the command line (not left at their
+    default), as their flags (`--detector`), in the order asked."""
+    flags = {param.name: param.opts[0] for param in ctx.command.params if param.opts}
+    given = []
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.append(flags.get(name, name))
+    return given
 
 
 def print_json(value: Any) -> None:
-    """`--json` output: one JSON document on stdout, nothing else there."""
-    typer.echo(json.dumps(value, indent=2, default=str))
+    """`--json` output: one strict JSON document on stdout (no NaN/Infinity), nothing else there."""
+    from ..atomic import json_safe
+
+    typer.echo(json.dumps(json_safe(value), indent=2, default=str, allow_nan=False))
 
 
 # Shared options. Annotated cannot carry a default, so commands write

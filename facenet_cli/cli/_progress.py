@@ -12,8 +12,10 @@ from ._app import err_console
 
 def progress_bar() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        # markup=False: TextColumn parses its text as markup by default, and a description may
+        # hold a user's string (`[/x]` would raise MarkupError mid-run).
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
         console=err_console, transient=False,
     )
 

@@ -130,6 +130,7 @@ def run_with_progress(raw: Path, out: Path, job: "AlignJob", workers: int,
 def print_summary(report: "AlignReport") -> None:
     """Counts per outcome, done now and in earlier runs; they add up to the entries of RAW."""
     from rich.table import Table
+    from rich.text import Text
 
     from ..aligned import STATUSES
 
@@ -142,7 +143,7 @@ def print_summary(report: "AlignReport") -> None:
     for status in STATUSES:
         if now[status] or earlier[status]:
             table.add_row(status, str(now[status]), str(earlier[status]), str(now[status] + earlier[status]))
-    table.add_row("[bold]total", f"[bold]{sum(now.values())}", f"[bold]{sum(earlier.values())}",
-                  f"[bold]{report.total}")
+    table.add_row(*(Text(cell, style="bold") for cell in ("total", str(sum(now.values())),
+                                                          str(sum(earlier.values())), str(report.total))))
     console.print(table)
     console.print(f"Aligned faces are in {report.out_dir}; every entry's outcome is in {report.report_path}.")

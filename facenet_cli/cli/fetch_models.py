@@ -7,12 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import CacheDirOption, JsonOption, command, console, err_console, print_json
+from ._app import CacheDirOption, JsonOption, command, console, err_console, print_json, refuse_together
 
+# (text, style): the consoles print with markup off (names and paths are user text).
 _STATE_TEXT = {
-    "present": "[green]present[/green]",
-    "missing": "[yellow]missing[/yellow]",
-    "checksum-bad": "[red]checksum bad[/red]",
+    "present": ("present", "green"),
+    "missing": ("missing", "yellow"),
+    "checksum-bad": ("checksum bad", "red"),
 }
 
 
@@ -51,6 +52,7 @@ def _row(entry, status) -> dict:
 def _table(rows: list[dict], cache_dir):
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     from .. import hub
 
@@ -68,7 +70,7 @@ def _table(rows: list[dict], cache_dir):
     for row in rows:
         size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
         what = f"{row['kind']}: {row['architecture']}, {row['alignment']}" if "architecture" in row else row["kind"]
-        table.add_row(row["name"], _STATE_TEXT[row["status"]], size, what, row["source"])
+        table.add_row(row["name"], Text(*_STATE_TEXT[row["status"]]), size, what, row["source"])
     return table
 
 
@@ -81,7 +83,7 @@ def _fetch(entry, cache_dir: Optional[Path], mirror: Optional[Path], show_progre
     if not (entry.weights and entry.weights.url):
         # pip-shipped and local files are only located and verified; nothing to show progress for.
         return hub.weights_path(entry, cache_dir, download=False)
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True,
                   disable=not (show_progress and err_console.is_terminal)) as bar:
@@ -114,6 +116,8 @@ def fetch_models_command(
     from .. import hub
     from ..catalogue import all_files, get_entry
     from ..errors import FacenetError
+
+    refuse_together(**{"--list": list_only, "--from": from_dir is not None})  # --list fetches nothing
 
     entries = [get_entry(name) for name in names] if names else all_files()
     statuses = {entry.name: hub.status(entry, cache_dir) for entry in entries}

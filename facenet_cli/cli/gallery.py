@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from ..choices import DEFAULT_MODEL, Detector, FacePolicy, Fallback, Upsample
-from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacenetCommand, FacenetGroup, FallbackOption,
-                   JsonOption, app, console, fail, guarded, print_json)
+from ._app import (INTERRUPTED, BatchSizeOption, DetectorOption, DeviceOption, FacenetCommand, FacenetGroup,
+                   FallbackOption, JsonOption, app, console, err_console, fail, guarded, print_json)
 
 gallery_app = typer.Typer(
     name="gallery", cls=FacenetGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -28,8 +28,8 @@ GalleryFlipOption = Annotated[Optional[bool], typer.Option(
 
 def gallery_command(fn: Callable) -> Callable:
     """Register `facenet gallery NAME` with the same error handling as every other command."""
-    return gallery_app.command(fn.__name__.replace("_command", "").replace("gallery_", ""), cls=FacenetCommand)(
-        guarded(fn, "interrupted; the faces added so far are in the gallery, rerun the same command to add the rest."))
+    name = fn.__name__.replace("_command", "").replace("gallery_", "")
+    return gallery_app.command(name, cls=FacenetCommand)(guarded(fn, INTERRUPTED[f"gallery {name}"]))
 
 
 @gallery_command
@@ -76,7 +76,7 @@ def gallery_add_command(
             console.print(table)
         summary = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
         console.print(f"{len(report.outcomes)} inputs: {summary}; gallery {report.gallery} ({report.seconds:.1f} s).")
-    if counts["added"] == 0 and counts["already-in"] == 0:
+    if counts["added"] == 0 and counts["already-in"] == 0 and counts["duplicate"] == 0:  # all in already is fine
         fail(f"No face could be added from the {len(report.outcomes)} inputs; see each one's outcome above.")
 
 
@@ -93,6 +93,8 @@ def gallery_list_command(
     from ..gallery import gallery_summary
 
     summary = gallery_summary(gallery, with_faces=faces)
+    if summary.get("problem"):  # a damaged gallery is listed (to rebuild it from its sources), and said so
+        err_console.print(f"Warning: {summary['problem']}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         print_json(summary)
         return
@@ -139,7 +141,8 @@ def gallery_remove_command(
 @gallery_command
 def gallery_move_command(
     gallery: GalleryArg,
-    face_id: Annotated[int, typer.Argument(help="The face's id (see `gallery list --faces`).")],
+    # Text, read by gallery.parse_face_id: click's int would take "+3", "1_000" and other scripts' digits.
+    face_id: Annotated[str, typer.Argument(help="The face's id (see `gallery list --faces`).", show_default=False)],
     new_name: Annotated[str, typer.Argument(help="The person it belongs to (made when new).")],
     as_json: JsonOption = False,
 ) -> None:

@@ -8,11 +8,13 @@ import typer
 from rich.table import Table
 
 from ..choices import Detector, IdentifyMethod, IndexUse, Upsample
-from ._app import DetectorOption, DeviceOption, JsonOption, command, console, err_console, print_json
+from ._app import (DetectorOption, DeviceOption, JsonOption, command, console, err_console, given_options,
+                   print_json, refuse_together)
 
 
 @command
 def identify_command(
+    ctx: typer.Context,
     gallery: Annotated[Path, typer.Argument(help="A gallery file from `facenet gallery add`.", dir_okay=False)],
     photos: Annotated[list[Path], typer.Argument(help="Photos, or folders of photos; every face in them is answered.")],
     far: Annotated[Optional[float], typer.Option(
@@ -37,13 +39,22 @@ def identify_command(
         "--index", help="auto: search the gallery's index (kept beside it, rebuilt when stale) once exact "
         "matching would scan 10,000 vectors per query; always; never (exact).")] = IndexUse.auto,
     as_csv: Annotated[bool, typer.Option(
-        "--csv", help="Print CSV on stdout (one row per face) instead of a table.")] = False,
+        "--csv", help="Print CSV on stdout instead of a table: one row per face (photo, face, left, top, right, "
+        "bottom, name, distance, far, candidates, problem) and one per photo without a face (photo and problem). "
+        "candidates is a JSON list of {\"name\", \"distance\"}, best first. A text cell starting with =, +, -, @, "
+        "a tab or a carriage return gets a leading ' so that spreadsheets show it as text, not a formula.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Name every face in the photos from a gallery, or say `unknown` (with the estimated false-alarm rate).
 
     Example: facenet identify people.gallery party/ --far 0.001 --top 3
     """
+    refuse_together(**{"--csv": as_csv, "--json": as_json})
+    if method is not None and method.value != "knn" and given_options(ctx, "k"):
+        from ..errors import UsageError
+
+        raise UsageError(f"--k is the number of voting faces of --method knn, not of --method {method.value}; "
+                         "drop --k or use --method knn.")
     from ..identification import identify
     from ._progress import CountingProgress
 

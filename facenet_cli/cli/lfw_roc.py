@@ -41,6 +41,7 @@ def lfw_roc_command(
 
 def print_result(result: "LfwResult") -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"LFW, {result.protocol}: {result.pairs} pairs")
     for name in ("fold", "threshold", "accuracy", "AUC", "VAL", "missing"):
@@ -49,16 +50,19 @@ def print_result(result: "LfwResult") -> None:
         table.add_row(str(r.fold), f"{r.threshold:.4f}", f"{r.accuracy:.4f}", f"{r.auc:.4f}",
                       f"{r.val:.4f}", str(r.missing_pairs))
     table.add_section()
-    table.add_row("[bold]mean", "", f"[bold]{result.accuracy_mean:.4f} ± {result.accuracy_std:.4f}",
-                  f"[bold]{result.auc:.4f}", f"{result.val_mean:.4f} ± {result.val_std:.4f}", str(result.missing_pairs))
+    table.add_row(Text("mean", style="bold"), "", Text(f"{result.accuracy_mean:.4f} ± {result.accuracy_std:.4f}",
+                                                       style="bold"),
+                  Text(f"{result.auc:.4f}", style="bold"), f"{result.val_mean:.4f} ± {result.val_std:.4f}",
+                  str(result.missing_pairs))
     console.print(table)
     console.print(f"VAL is the true accept rate at the threshold giving FAR <= {result.far_target:g} on the training "
                   f"pairs (measured FAR {result.far_mean:.4f}); equal error rate {result.eer:.4f}.")
     if result.missing_pairs:
-        console.print(f"[yellow]{result.missing_pairs} pairs counted as wrong: {len(result.missing_images)} of their "
-                      f"images have no embedding (e.g. {result.missing_images[0]}).")
+        console.print(Text(f"{result.missing_pairs} pairs counted as wrong: {len(result.missing_images)} of their "
+                           f"images have no embedding (e.g. {result.missing_images[0]}).", style="yellow"))
     if result.missing_people:
         count = len(result.missing_people)
-        console.print(f"[yellow]{count} {'person has' if count == 1 else 'people have'} no embedding at all (e.g. "
-                      f"{result.missing_people[0]}); their pairs are among those counted as wrong.")
+        console.print(Text(f"{count} {'person has' if count == 1 else 'people have'} no embedding at all (e.g. "
+                           f"{result.missing_people[0]}); their pairs are among those counted as wrong.",
+                           style="yellow"))
     console.print(f"Files are in {Path(result.files['result']).parent}.")

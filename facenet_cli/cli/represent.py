@@ -9,12 +9,13 @@ import typer
 from ..choices import DEFAULT_MODEL, Detector, Device, Executor, FacePolicy, Fallback, Precision, Upsample
 from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption,
                    FlipOption, JsonOption, ModelOption, PrecisionOption, TTAOption, UpsampleOption, command,
-                   console, err_console, load_embedder, print_json)
+                   console, err_console, given_options, load_embedder, print_json)
 from .align import AddressOption, ExecutorOption
 
 
 @command
 def represent_command(
+    ctx: typer.Context,
     aligned: Annotated[Path, typer.Argument(help="Aligned folder from `facenet align` (or photos, with --photos).")],
     out: Annotated[Path, typer.Argument(help="Output folder: labels.csv, reps.csv, reps.npy, meta.json.")],
     model: ModelOption = DEFAULT_MODEL,
@@ -47,8 +48,13 @@ def represent_command(
 
     Example: facenet represent aligned/ reps/ --batch-size 64
     """
+    from ..errors import UsageError
     from .align import executor_for
 
+    detection = given_options(ctx, "detector", "upsample", "faces", "fallback", "fallback_dir")
+    if detection and not photos:  # they would be silently ignored: ALIGNED holds crops already
+        raise UsageError(f"{detection[0]} applies only with --photos (ALIGNED holds aligned faces otherwise); add "
+                         "--photos or drop it.")
     # Validate everything (options, model file) before Ray starts; on Ray the driver only
     # checks the weights (engine auto loads no network until asked), the actors load it.
     embedder = load_embedder(model, device.value, batch_size, flip, precision=precision.value, tta=tta,

@@ -37,11 +37,20 @@ def serve_command(
         "--enrol-frames", min=1, max=100, help="Frames enrolled when a person is added from the camera.")] = 10,
     workers: Annotated[int, typer.Option(
         "--workers", min=1, max=16, help="Frames processed at once over all browser tabs.")] = 1,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-host", metavar="NAME", help="Also answer requests addressed to this NAME or NAME:PORT (e.g. a "
+        "reverse proxy's name); repeatable. Otherwise only the address served (127.0.0.1, localhost, [::1]) is "
+        "answered, so that another site cannot reach the server by pointing its own name at it.",
+        show_default=False)] = None,
     device: DeviceOption = Device.auto,
 ) -> None:
     """Serve the live demo: the page streams the camera, the server names every face (or says unknown).
 
     Example: facenet serve people.gallery  (then open the printed URL; API docs at /docs)
+
+    Pages of other web sites cannot use it: a Host or Origin that is not this server gets 403, and
+    every POST and DELETE needs the X-Facenet-CSRF header, which is printed at start and at
+    GET /api/csrf (or the token in a header).
     """
     import secrets
 
@@ -50,7 +59,12 @@ def serve_command(
 
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
+
+    def ready(url: str, csrf: str) -> None:
+        console.print(f"facenet serve: open {url}", markup=False, highlight=False)
+        err_console.print(f"API documentation at /docs; scripts send the header X-Facenet-CSRF: {csrf} with "
+                          "POST and DELETE (GET /api/csrf returns it); Ctrl-C stops.", markup=False, highlight=False)
+
     run_server(gallery, host=host, port=port, model=model, token=token, far=far, detect_width=detect_width,
                enrol_frames=enrol_frames, workers=workers, device=device.value,
-               on_ready=lambda url: (console.print(f"facenet serve: open {url}", markup=False, highlight=False),
-                                     err_console.print("API documentation at /docs; Ctrl-C stops.", markup=False)))
+               allowed_hosts=tuple(allowed_host or ()), on_ready=ready)

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 # Options that --resume may take (what `resume` accepts, plus the output format); the others
 # come from the run's last.pt, and a different value would silently not apply, so it is refused.
-_RESUME_OK = {"resume_dir", "epochs", "minutes", "device", "json_output"}
+_RESUME_OK = {"resume_dir", "epochs", "minutes", "device", "json_output", "nproc_per_node"}
+# What each rank of `facenet train --nproc-per-node N` runs (training/launch.py starts N of them).
+_RANK_COMMAND = "from facenet_cli.cli.train import run_rank; run_rank()"
 
 
 @command
@@ -69,6 +71,10 @@ def train_command(
         help="Aligned LFW images of the validation pairs (same alignment).", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed for the weights, batches, mirroring and triplet draws.")] = 0,
     device: DeviceOption = Device.auto,
+    nproc_per_node: Annotated[Optional[int], typer.Option(
+        "--nproc-per-node", min=1, metavar="N", help="Train with N processes on this machine (DistributedDataParallel: "
+        "gloo on CPUs, nccl on N GPUs), started by facenet itself; they meet through a private file, so no port "
+        "is opened. Several machines: torchrun.", show_default=False)] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Train an nn4-family network with triplet loss on P x K batches, checkpointing every epoch.
@@ -77,45 +83,117 @@ def train_command(
 
     Resume a stopped run (bit-identical to an uninterrupted one on the CPU): facenet train --resume run1 --epochs 40
 
-    Several processes (DistributedDataParallel; gloo on CPUs, nccl on GPUs), each embedding its share of
-    every P x K batch: torchrun --nproc-per-node 2 -m facenet_cli train aligned96/ run1 (only rank 0 writes
-    and prints; --resume works the same way).
+    Several processes on this machine (DistributedDataParallel; gloo on CPUs, nccl on GPUs), each embedding its
+    share of every P x K batch, no port opened: facenet train aligned96/ run1 --nproc-per-node 2 (only rank 0
+    writes and prints; --resume run1 --nproc-per-node 2 continues). Several machines: torchrun ... -m facenet_cli
+    train ... (README: what torchrun opens).
     """
+    from dataclasses import asdict
+
+    from ..training.distributed import launched_by_torchrun
+    from ..training.train import TrainConfig
+
+    if resume_dir is not None:
+        refuse_options_with_resume(ctx)
+        given_device = ctx.get_parameter_source("device").name != "DEFAULT"
+        job = {"resume": str(resume_dir), "epochs": epochs, "minutes": minutes,
+               "device": device.value if given_device else None}
+    else:
+        if aligned is None or out is None:
+            raise UsageError("Give an ALIGNED folder and an OUT work folder (`facenet train ALIGNED OUT`), "
+                             "or --resume OUT.")
+        config = TrainConfig(
+            aligned=str(aligned), out=str(out), architecture=arch.value if arch else None, init=init,
+            people_per_batch=people_per_batch, images_per_person=images_per_person, alpha=alpha,
+            optimizer=optimizer.value, lr=lr, epochs=10 if epochs is None else epochs,
+            batches_per_epoch=batches_per_epoch, minutes=minutes, device=device.value, seed=seed,
+            miner=miner.value, flip=flip, teacher_reps=str(teacher_reps) if teacher_reps else None,
+            distill_weight=distill_weight, triplet_weight=triplet_weight, distill_images=distill_images,
+            val_pairs=str(val_pairs) if val_pairs else None,
+            val_train_pairs=str(val_train_pairs) if val_train_pairs else None,
+            val_aligned=str(val_aligned) if val_aligned else None)
+        job = {"config": asdict(config)}
+    job["json"] = json_output
+    if nproc_per_node is not None and launched_by_torchrun():
+        raise UsageError("--nproc-per-node starts facenet's own processes; under torchrun give the process count "
+                         "to torchrun only.")
+    if nproc_per_node is not None and nproc_per_node > 1:
+        launch_ranks(job, nproc_per_node)
+        return
+    run_job(job)
+
+
+def run_job(job: dict) -> None:
+    """The training `job` (a new run, or a resumed one) in this process: alone, or as one rank of
+    a distributed run, where only rank 0 reports."""
     from contextlib import nullcontext
 
     from ..training.distributed import env_rank
     from ..training.train import TrainConfig, resume, train
 
-    if resume_dir is not None:
-        refuse_options_with_resume(ctx)
-    given_device = ctx.get_parameter_source("device").name != "DEFAULT"
-    main_process = env_rank() == 0  # under torchrun only rank 0 reports
-    callbacks, progress = progress_callbacks(json_output) if main_process else (None, nullcontext())
+    main_process = env_rank() == 0
+    callbacks, progress = progress_callbacks(job["json"]) if main_process else (None, nullcontext())
     with progress:
-        if resume_dir is not None:
-            report = resume(resume_dir, epochs, minutes, callbacks,
-                            device=device.value if given_device else None)
+        if "resume" in job:
+            report = resume(job["resume"], job["epochs"], job["minutes"], callbacks, device=job["device"])
         else:
-            if aligned is None or out is None:
-                raise UsageError("Give an ALIGNED folder and an OUT work folder (`facenet train ALIGNED OUT`), "
-                                 "or --resume OUT.")
-            config = TrainConfig(
-                aligned=str(aligned), out=str(out), architecture=arch.value if arch else None, init=init,
-                people_per_batch=people_per_batch, images_per_person=images_per_person, alpha=alpha,
-                optimizer=optimizer.value, lr=lr, epochs=10 if epochs is None else epochs,
-                batches_per_epoch=batches_per_epoch, minutes=minutes, device=device.value, seed=seed,
-                miner=miner.value, flip=flip, teacher_reps=str(teacher_reps) if teacher_reps else None,
-                distill_weight=distill_weight, triplet_weight=triplet_weight, distill_images=distill_images,
-                val_pairs=str(val_pairs) if val_pairs else None,
-                val_train_pairs=str(val_train_pairs) if val_train_pairs else None,
-                val_aligned=str(val_aligned) if val_aligned else None)
-            report = train(config, callbacks)
+            report = train(TrainConfig(**job["config"]), callbacks)
     if not main_process:
         return
-    if json_output:
+    if job["json"]:
         print_json(report.to_dict())
     else:
         print_report(report)
+
+
+def launch_ranks(job: dict, nproc: int) -> None:
+    """`--nproc-per-node N`: what can be checked here is checked before any rank starts (one
+    sentence, once); then N ranks run `job`, and the command ends with rank 0's exit code."""
+    import sys
+
+    from ..training.launch import launch
+    from ..training.train import TrainConfig, check_new_run, check_resume_dir, check_ranks_fit
+
+    if "resume" in job:
+        check_resume_dir(job["resume"])
+        run, device = job["resume"], job["device"]
+    else:
+        config = TrainConfig(**job["config"])
+        check_new_run(config, nproc)
+        run, device = config.out, config.device
+    check_ranks_fit(device, nproc)
+    hint = f"; resume with `facenet train --resume {_quoted(run)} --nproc-per-node {nproc}`"
+    code = launch([sys.executable, "-c", _RANK_COMMAND], nproc, job, resume_hint=hint)
+    if code:
+        raise typer.Exit(code)
+
+
+def run_rank() -> None:
+    """One rank of `facenet train --nproc-per-node N` (a process the launcher started): the job,
+    with errors printed by rank 0 only (cli/_app.py) and the command's exit codes."""
+    import sys
+
+    from ..training.launch import PEER_LOST, peer_lost, rank_setup, read_job
+    from ._app import INTERRUPTED, guarded
+
+    rank_setup()
+    job = read_job()
+    run = {"resume_dir": job.get("resume"), "out": job.get("config", {}).get("out")}
+    hint = INTERRUPTED["train"]
+    try:
+        guarded(run_job, interrupted=lambda **_: hint(**run) if callable(hint) else hint)(job)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception:
+        if peer_lost():  # gloo's "connection closed by peer": the launcher names the rank that died
+            sys.exit(PEER_LOST)
+        raise
+
+
+def _quoted(path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def refuse_options_with_resume(ctx: typer.Context) -> None:
@@ -132,16 +210,31 @@ def refuse_options_with_resume(ctx: typer.Context) -> None:
 
 
 def progress_callbacks(json_output: bool = False):
+    """The training's callbacks, and a context manager that ends their bar. The bar appears when
+    training starts, so an error found first (a missing folder) stays one line on stderr."""
+    from contextlib import contextmanager
+
     from ..training.train import BatchStats, Callbacks, EpochRow
     from ._progress import progress_bar
 
     progress = progress_bar()
     say = err_console if json_output else console  # --json: stdout holds the JSON document only
     task = [None]
+    started: list[bool] = []
 
     def on_start(images: int, people: int, first_epoch: int) -> None:
         say.print(f"Training on {images} images of {people} people, from epoch {first_epoch}.",
                   markup=False, highlight=False)
+        progress.start()
+        started.append(True)
+
+    @contextmanager
+    def shown():
+        try:
+            yield
+        finally:
+            if started:  # (stopping a bar that never started prints an empty line)
+                progress.stop()
 
     def on_epoch_start(epoch: int, batches: int) -> None:
         if task[0] is not None:
@@ -158,7 +251,7 @@ def progress_callbacks(json_output: bool = False):
                                f"{row.images_per_s:.1f} img/s, {row.seconds:.0f} s{val}",
                                markup=False, highlight=False)
 
-    return Callbacks(on_start, on_epoch_start, on_batch, on_epoch), progress
+    return Callbacks(on_start, on_epoch_start, on_batch, on_epoch), shown()
 
 
 def print_report(report: "TrainReport") -> None:

@@ -33,26 +33,30 @@ def page_url(host: str, port: int, token: str | None) -> str:
 def run_server(gallery: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
                token: str | None = None, far: float | None = None, detect_width: int = 320,
                enrol_frames: int = 10, workers: int = 1, device: str = "auto",
-               on_ready: Callable[[str], None] | None = None) -> None:
+               allowed_hosts: tuple[str, ...] = (),
+               on_ready: Callable[..., None] | None = None) -> None:
     """Load the models once, then serve until interrupted. A token is required when bound to
-    another address than loopback (the caller generates one)."""
+    another address than loopback (the caller generates one). `on_ready(url, csrf)` gets the
+    page's URL and the X-Facenet-CSRF value for scripts."""
+    import math
     import socket
 
     import uvicorn
 
     from ..errors import UsageError
-    from .app import ServeConfig, create_app, is_loopback
+    from .app import ServeConfig, check_allowed_host, create_app, is_loopback
     from .engine import Engine
 
     if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,200}", token):
         raise UsageError("--token must be 8 to 200 letters, digits or . _ ~ - (it travels in the URL).")
     if not is_loopback(host) and not token:
         raise UsageError(f"Serving on {host} needs a token (--token); only 127.0.0.1 may go without.")
+    if far is not None and not (math.isfinite(far) and 0 < far < 1):
+        raise UsageError(f"--far is a share of strangers between 0 and 1 (e.g. 0.01 for 1 %), not {far}.")
+    allowed_hosts = tuple(check_allowed_host(name) for name in allowed_hosts)
     _limit_threads(workers)
     engine = Engine(Path(gallery), model=model, device=device, far=far, detect_width=detect_width,
                     enrol_frames=enrol_frames)
-    config = ServeConfig(token=token, workers=workers)
-    app = create_app(engine, config)
     # Bind first, so that a port in use is one sentence and the URL printed is the real one.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -63,10 +67,13 @@ def run_server(gallery: str | os.PathLike, *, host: str = "127.0.0.1", port: int
         sock.close()
         raise UsageError(f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host.") from None
     port = sock.getsockname()[1]
+    # The app knows the port it serves: a Host header naming another one is not for this server.
+    config = ServeConfig(token=token, workers=workers, host=host, port=port, allowed_hosts=allowed_hosts)
+    app = create_app(engine, config)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=config.max_frame_bytes + 1024,
                                            timeout_graceful_shutdown=2))
     if on_ready:
-        on_ready(page_url(host, port, token))
+        on_ready(page_url(host, port, token), config.csrf)
     server.run(sockets=[sock])
 
 

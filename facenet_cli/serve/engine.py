@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import threading
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import NoFace, UsageError
+from ..identification import UNKNOWN
 from .thumbs import prune_thumbs, save_thumb, thumb_path
 from .tracking import MIN_CLEAR_FACE_PX, MIN_SHARPNESS, Tracker, sharpness
 
@@ -39,6 +41,13 @@ ENROL_INTERVAL_S = 0.15
 # How often the gallery file is checked for changes made by another program (`facenet gallery`).
 GALLERY_POLL_S = 0.5
 FPS_WINDOW_S = 2.0
+
+
+def finite(value, digits: int) -> float | None:
+    """A number for a JSON answer: rounded, and None where it is NaN or infinite (answers are
+    strict JSON, which has neither)."""
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
 
 
 class ImageRefused(Exception):
@@ -98,6 +107,7 @@ class SocketState:
     answered: deque = field(default_factory=deque)
     received: int = 0
     dropped: int = 0
+    reveal: bool = False  # name the nearest person of faces answered unknown (`/ws?reveal=1`)
 
     def fps(self, now: float) -> float:
         self.answered.append(now)
@@ -159,6 +169,13 @@ class Engine:
 
     # ------------------------------------------------------------ the gallery, as matcher and map
 
+    def _gallery(self):
+        """The gallery for reading: until its first face is enrolled there is no file (the gallery
+        module makes it at the first commit), and that is an empty gallery, not an error."""
+        from ..gallery import Gallery
+
+        return Gallery(self.gallery_path, create=not self.gallery_path.exists())
+
     @property
     def record(self):
         return self.embedder.record
@@ -193,10 +210,9 @@ class Engine:
             return self._view
 
     def _build_view(self, version: int) -> GalleryView:
-        from ..gallery import Gallery
         from ..identification import matcher_for
 
-        with Gallery(self.gallery_path) as gallery:
+        with self._gallery() as gallery:
             if len(gallery) == 0:
                 return GalleryView(version, None)
             enrolment = gallery.enrolment()
@@ -210,8 +226,7 @@ class Engine:
             k = min(2, vt.shape[0])
             axes[:, :k] = vt[:k].T
         xy = centred @ axes
-        points = [{"face_id": int(fid), "person": enrolment.names[int(pi)], "x": round(float(x), 5),
-                   "y": round(float(y), 5)}
+        points = [{"face_id": int(fid), "person": enrolment.names[int(pi)], "x": finite(x, 5), "y": finite(y, 5)}
                   for fid, pi, (x, y) in zip(enrolment.face_ids, enrolment.person_index, xy)]
         return GalleryView(version, matcher, mean, axes, points, list(enrolment.names))
 
@@ -234,11 +249,15 @@ class Engine:
         return view.matcher.answer(vectors, top)
 
     @staticmethod
-    def _answer_dict(answer) -> dict:
+    def _answer_dict(answer, reveal: bool = False) -> dict:
+        """A face's answer; one answered unknown names no one (best_match None) unless `reveal`:
+        who a stranger looks most like is the gallery's to keep, not every client's to read."""
         if answer is None:  # an empty gallery: everyone is a stranger
             return {"name": "unknown", "best_match": None, "distance": None, "score": None, "far": None}
-        return {"name": answer.name, "best_match": answer.person, "distance": round(answer.distance, 6),
-                "score": round(answer.score, 6), "far": None if answer.far is None else float(f"{answer.far:.3g}")}
+        known = answer.name != UNKNOWN
+        return {"name": answer.name, "best_match": answer.person if known or reveal else None,
+                "distance": finite(answer.distance, 6), "score": finite(answer.score, 6),
+                "far": None if answer.far is None else finite(float(f"{answer.far:.3g}"), 6)}
 
     def process_frame(self, data: bytes, state: SocketState, frame_id: int) -> dict:
         """One live frame: every face boxed, tracked and (once stable) named; enrolment if asked."""
@@ -259,9 +278,10 @@ class Engine:
         faces = []
         for i, (face, answer, track) in enumerate(zip(found, answers, tracks)):
             item = {"box": self._box(face), "track": track.id, "stable": track.stable, "clear": clear[i]}
-            item.update(self._answer_dict(answer))
+            item.update(self._answer_dict(answer, state.reveal))
             item["label"] = item["name"] if track.stable else None
-            item["map"] = None if xy is None else [round(float(xy[i, 0]), 5), round(float(xy[i, 1]), 5)]
+            item["map"] = None if xy is None or not np.isfinite(xy[i]).all() else \
+                [finite(xy[i, 0], 5), finite(xy[i, 1], 5)]
             faces.append(item)
         return {"type": "faces", "frame_id": frame_id, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
                 "faces": faces, "gallery_version": view.version, "people": len(view.people),
@@ -322,8 +342,9 @@ class Engine:
 
     # ------------------------------------------------------------ the HTTP API
 
-    def identify_photo(self, data: bytes) -> dict:
-        """Every face of a photo: box, name (or unknown), distance, estimated FAR, embedding."""
+    def identify_photo(self, data: bytes, reveal: bool = False) -> dict:
+        """Every face of a photo: box, name (or unknown), distance, estimated FAR, embedding; the
+        nearest people of a face answered unknown (best_match, candidates) only with `reveal`."""
         rgb = decode_image(data, MAX_UPLOAD_PIXELS)
         found, vectors = self._faces(rgb, self.photo_aligner)
         view = self.view()
@@ -331,14 +352,14 @@ class Engine:
         faces = []
         for face, answer, vector in zip(found, answers, vectors):
             item = {"box": self._box(face)}
-            item.update(self._answer_dict(answer))
-            item["candidates"] = ([] if answer is None else
-                                  [{"name": c.name, "distance": round(c.distance, 6)} for c in answer.candidates])
-            item["embedding"] = [round(float(v), 7) for v in vector]
+            item.update(self._answer_dict(answer, reveal))
+            item["candidates"] = ([] if answer is None or item["best_match"] is None else
+                                  [{"name": c.name, "distance": finite(c.distance, 6)} for c in answer.candidates])
+            item["embedding"] = [finite(v, 7) for v in vector]
             faces.append(item)
         matcher = view.matcher
         return {"model": self.record.name, "people": len(view.people), "width": int(rgb.shape[1]),
-                "height": int(rgb.shape[0]), "threshold": None if matcher is None else round(matcher.threshold, 6),
+                "height": int(rgb.shape[0]), "threshold": None if matcher is None else finite(matcher.threshold, 6),
                 "far": None if matcher is None else matcher.far, "faces": faces}
 
     def compare_photos(self, first: bytes, second: bytes) -> dict:
@@ -355,7 +376,7 @@ class Engine:
             largest = max(found, key=lambda face: face.box.area)
             chosen.append((largest, self.embedder.embed([largest.image])[0], len(found)))
         distance = float(squared_distances(chosen[0][1][None], chosen[1][1][None])[0, 0])
-        return {"model": self.record.name, "squared_l2": round(distance, 6), "threshold": self.record.threshold,
+        return {"model": self.record.name, "squared_l2": finite(distance, 6), "threshold": self.record.threshold,
                 "same_person": distance <= self.record.threshold,
                 "faces": [{"box": self._box(f), "faces_in_image": n} for f, _, n in chosen]}
 
@@ -377,9 +398,7 @@ class Engine:
         return {"person": person, "face_id": face_id, "box": self._box(found[0])}
 
     def listing(self) -> dict:
-        from ..gallery import Gallery
-
-        with Gallery(self.gallery_path) as gallery:
+        with self._gallery() as gallery:
             people = gallery.people()
             faces = gallery.faces()
         view = self.view()
@@ -412,9 +431,7 @@ class Engine:
         self.invalidate()
 
     def remove_person(self, name: str) -> dict:
-        from ..gallery import Gallery
-
-        with self._lock, Gallery(self.gallery_path) as gallery:
+        with self._lock, self._gallery() as gallery:
             if name not in {n for n, _ in gallery.people()}:
                 raise NotFound(f"No one called {name!r} is in the gallery.")
             removed = gallery.remove_person(name)
@@ -422,9 +439,7 @@ class Engine:
         return {"person": name, "removed_faces": removed}
 
     def remove_face(self, face_id: int) -> dict:
-        from ..gallery import Gallery
-
-        with self._lock, Gallery(self.gallery_path) as gallery:
+        with self._lock, self._gallery() as gallery:
             if not gallery.faces_by_id([face_id]):
                 raise NotFound(f"No face with id {face_id} is in the gallery.")
             person = gallery.remove_face(face_id)
@@ -432,9 +447,7 @@ class Engine:
         return {"face_id": face_id, "person": person}
 
     def move_face(self, face_id: int, name: str) -> dict:
-        from ..gallery import Gallery
-
-        with self._lock, Gallery(self.gallery_path) as gallery:
+        with self._lock, self._gallery() as gallery:
             if not gallery.faces_by_id([face_id]):
                 raise NotFound(f"No face with id {face_id} is in the gallery.")
             old, new = gallery.move_face(face_id, name)

@@ -1,7 +1,11 @@
-"""`facenet train` under torchrun: DistributedDataParallel over N processes.
+"""`facenet train --nproc-per-node N` or under torchrun: DistributedDataParallel over N processes.
 
+`facenet train --nproc-per-node N` (training/launch.py) starts N ranks on this machine with
+RANK, WORLD_SIZE, LOCAL_RANK and the path of a FileStore (STORE_ENV) in their environment: they
+meet through that file, and nothing listens on a port but gloo's own connections on loopback.
 torchrun starts N copies of the command with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT in their environment; without them (or with WORLD_SIZE 1) nothing here is used.
+MASTER_PORT instead (its TCPStore listens on every interface at MASTER_PORT). Without either
+(or with WORLD_SIZE 1) nothing here is used.
 
 The run equals a single process training on the same global P x K batch:
 
@@ -33,14 +37,37 @@ import torch.nn as nn
 from ..errors import FacenetError, UsageError
 
 
+# Set by `facenet train --nproc-per-node N` (training/launch.py) in each rank's environment: the
+# path of the FileStore through which the ranks meet, in a private folder. No TCP store listens.
+STORE_ENV = "FACENET_TRAIN_STORE"
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
 def launched_by_torchrun() -> bool:
-    """True when the environment asks for more than one process (torchrun sets WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    """True when the environment asks for more than one process (torchrun, or `facenet train
+    --nproc-per-node`, sets WORLD_SIZE)."""
+    return _env_int("WORLD_SIZE", 1) > 1
+
+
+def launched_by_facenet() -> bool:
+    """True in a rank started by `facenet train --nproc-per-node N` (a file store, no torchrun)."""
+    return launched_by_torchrun() and bool(os.environ.get(STORE_ENV))
+
+
+def env_world_size() -> int:
+    """The number of processes the environment asks for (1 without torchrun)."""
+    return max(1, _env_int("WORLD_SIZE", 1))
 
 
 def env_rank() -> int:
     """This process's rank from the environment (0 without torchrun); needs no torch import."""
-    return int(os.environ.get("RANK", "0") or 0) if launched_by_torchrun() else 0
+    return _env_int("RANK", 0) if launched_by_torchrun() else 0
 
 
 @dataclass
@@ -129,7 +156,7 @@ def check_divisible(people_per_batch: int, images_per_person: int, distill_image
     batch = people_per_batch * images_per_person
     if batch % world_size or distill_images % world_size:
         raise UsageError(
-            f"Under torchrun the batch is split evenly over {world_size} processes, but P x K = {batch}"
+            f"With {world_size} processes the batch is split evenly over them, but P x K = {batch}"
             + (f" and --distill-images {distill_images}" if distill_images else "")
             + f" must then be multiples of {world_size}; change --people-per-batch, --images-per-person"
             + (" or --distill-images" if distill_images else "") + " or --nproc-per-node.")
@@ -143,17 +170,26 @@ def distributed_session(device: torch.device) -> Iterator[Distributed | None]:
     if not launched_by_torchrun():
         yield None
         return
-    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    store = os.environ.get(STORE_ENV)
+    needed = ("RANK", "LOCAL_RANK") if store else ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    missing = [k for k in needed if k not in os.environ]
     if missing:
         raise UsageError(f"WORLD_SIZE is set but {', '.join(missing)} is not; start several processes with "
-                         "`torchrun --nproc-per-node N -m facenet_cli train ...`.")
+                         "`facenet train --nproc-per-node N ...` (one machine) or `torchrun ... -m facenet_cli "
+                         "train ...`.")
     backend = "nccl" if device.type == "cuda" else "gloo"
     keep_gloo_on_loopback()
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     owned = not dist.is_initialized()
     if owned:
-        dist.init_process_group(backend=backend)
+        if store:
+            # The ranks meet through a file: nothing listens for the rendezvous (torchrun's
+            # TCPStore listens on every interface).
+            dist.init_process_group(backend=backend, init_method=f"file://{store}", rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
+        else:
+            dist.init_process_group(backend=backend)
     try:
         session = Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(),
                               local_rank=int(os.environ["LOCAL_RANK"]), backend=backend,
@@ -165,10 +201,12 @@ def distributed_session(device: torch.device) -> Iterator[Distributed | None]:
 
 
 def keep_gloo_on_loopback() -> None:
-    """With MASTER_ADDR on loopback, gloo's own connections stay there too.
+    """On one machine (a file store, or MASTER_ADDR on loopback) gloo's and nccl's own
+    connections stay on the loopback interface too.
 
-    Gloo binds to the address the machine's host name resolves to (its network address), not
-    to MASTER_ADDR; GLOO_SOCKET_IFNAME names the interface instead. A value the user set wins."""
+    Gloo binds (and listens for its peers) on the address the machine's host name resolves to
+    (its network address), not on MASTER_ADDR; GLOO_SOCKET_IFNAME names the interface instead,
+    NCCL_SOCKET_IFNAME the same for nccl's bootstrap. A value the user set wins."""
     import ipaddress
     import socket
 
@@ -177,11 +215,12 @@ def keep_gloo_on_loopback() -> None:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if not loopback or "GLOO_SOCKET_IFNAME" in os.environ:
+    if not (loopback or os.environ.get(STORE_ENV)):
         return
     names = [name for _, name in socket.if_nameindex()]
-    if "lo" in names:  # Linux's loopback interface; elsewhere gloo's default stays
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    if "lo" in names:  # Linux's loopback interface; elsewhere the libraries' defaults stay
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
 
 
 def rank_device(device: torch.device, session: Distributed | None) -> torch.device:
@@ -243,5 +282,6 @@ class OtherRankFailed(FacenetError):
     """Rank 0 could not do its part (it says why); the other ranks stop with it."""
 
 
-__all__ = ["Distributed", "GlobalBatchNorm2d", "OtherRankFailed", "check_divisible", "distributed_session",
-           "env_rank", "launched_by_torchrun", "rank_device", "share", "use_global_batch_norm", "wrap_ddp"]
+__all__ = ["STORE_ENV", "Distributed", "GlobalBatchNorm2d", "OtherRankFailed", "check_divisible",
+           "distributed_session", "env_rank", "env_world_size", "launched_by_facenet", "launched_by_torchrun", "rank_device", "share",
+           "use_global_batch_norm", "wrap_ddp"]

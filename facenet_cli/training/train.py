@@ -40,8 +40,8 @@ from ..lfw import pair_distances
 from ..verification import PairDistances, evaluate_distances
 from ..nets.nn4 import ARCHITECTURE_NAMES, FaceNetInception, default_record
 from ..reps import Reps
-from .distributed import (Distributed, OtherRankFailed, check_divisible, distributed_session, rank_device,
-                          share, wrap_ddp)
+from .distributed import (Distributed, OtherRankFailed, check_divisible, distributed_session, env_world_size,
+                          rank_device, share, wrap_ddp)
 from .data import DEFAULT_CACHE_LIMIT, TrainingSet, ValidationSet, load_training_set, load_validation_set
 from .losses import distillation_loss, triplet_loss
 from .miners import MINERS, OpenFaceTripletMiner, make_miner
@@ -475,13 +475,40 @@ class Trainer:
                            epochs_run=self.epoch - first_epoch)
 
 
-def train(config: TrainConfig, callbacks: Callbacks | None = None,
-          cache_limit: int = DEFAULT_CACHE_LIMIT) -> TrainReport:
-    """Train from scratch (or from --init) into config.out; refuses a folder that holds a run."""
+def check_new_run(config: TrainConfig, world_size: int) -> None:
+    """The checks of a new run that need no data: options, the split over the processes, OUT.
+
+    Under torchrun (or `--nproc-per-node`) they come before the process group, so a usage error
+    ends every rank at once (rank 0 says it) instead of after the rendezvous."""
+    config.check()
+    if world_size > 1:
+        check_divisible(config.people_per_batch, config.images_per_person, config.distill_images, world_size)
     out = Path(config.out)
     if (out / LAST).exists():
         raise UsageError(f"{out} already holds a training run; resume it with `facenet train --resume {out}` "
                          "or give another OUT folder.")
+
+
+def check_resume_dir(workdir: str | Path) -> None:
+    workdir = Path(workdir)
+    if not (workdir / LAST).is_file():
+        raise UsageError(f"{workdir} holds no {LAST}; give the OUT folder of an earlier `facenet train` run.")
+
+
+def check_ranks_fit(device: str | None, nproc: int) -> None:
+    """N processes on GPUs need N GPUs (each rank takes cuda:LOCAL_RANK)."""
+    if device == "cpu" or nproc <= 1 or (device in (None, "auto") and not torch.cuda.is_available()):
+        return
+    gpus = torch.cuda.device_count()
+    if gpus < nproc:
+        raise UsageError(f"--nproc-per-node {nproc} on GPUs needs {nproc} of them (one each), but {gpus} "
+                         f"{'is' if gpus == 1 else 'are'} visible; give --nproc-per-node {max(gpus, 1)} or --device cpu.")
+
+
+def train(config: TrainConfig, callbacks: Callbacks | None = None,
+          cache_limit: int = DEFAULT_CACHE_LIMIT) -> TrainReport:
+    """Train from scratch (or from --init) into config.out; refuses a folder that holds a run."""
+    check_new_run(config, env_world_size())
     with distributed_session(pick_device(config.device)) as session:
         return Trainer(config, callbacks, cache_limit, session).run()
 
@@ -495,8 +522,7 @@ def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None
     with the same thread count the result is bit-identical to an uninterrupted run.
     """
     workdir = Path(workdir)
-    if not (workdir / LAST).is_file():
-        raise UsageError(f"{workdir} holds no {LAST}; give the OUT folder of an earlier `facenet train` run.")
+    check_resume_dir(workdir)
     try:
         checkpoint = load_checkpoint(workdir / LAST, keys=MODEL_KEYS + RESUME_KEYS, fresh=True)
     except DataError as exc:
@@ -506,6 +532,10 @@ def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None
     config = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
     config = replace(config, out=str(workdir), epochs=epochs if epochs is not None else config.epochs,
                      minutes=minutes, device=device if device is not None else config.device)
+    config.check()
+    world_size = env_world_size()
+    if world_size > 1:  # before the process group, as for a new run
+        check_divisible(config.people_per_batch, config.images_per_person, config.distill_images, world_size)
     with distributed_session(pick_device(config.device)) as session:
         trainer = Trainer(config, callbacks, cache_limit, session)
         trainer.restore(checkpoint)  # every rank loads the same file, so they continue in step
@@ -513,4 +543,4 @@ def resume(workdir: str | Path, epochs: int | None = None, minutes: float | None
 
 
 __all__ = ["BatchStats", "Callbacks", "EpochRow", "TrainConfig", "TrainReport", "Trainer",
-           "batch_seed", "resume", "train"]
+           "batch_seed", "check_new_run", "check_ranks_fit", "check_resume_dir", "resume", "train"]

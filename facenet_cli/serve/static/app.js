@@ -12,6 +12,8 @@ const overlay = document.getElementById("overlay");
 const statusLine = document.getElementById("status");
 const facesList = document.getElementById("faces-in-view");
 const grab = document.createElement("canvas");
+// The server's proof that a change comes from its own page (another site's form cannot send it).
+const CSRF = document.querySelector('meta[name="facenet-csrf"]').content;
 
 const state = window.facenet = {
   connected: false, answers: 0, sent: 0, lastAnswered: 0, lastSentAt: 0,
@@ -162,8 +164,12 @@ function showEnrol(status) {
 
 // ------------------------------------------------------------------ gallery and map
 
-async function api(path, options) {
-  const response = await fetch(path, options);
+async function api(path, options = {}) {
+  const method = (options.method || "GET").toUpperCase();
+  if (method !== "GET" && method !== "HEAD") {
+    options = { ...options, headers: { ...(options.headers || {}), "X-Facenet-CSRF": CSRF } };
+  }
+  const response = await fetch(path, { credentials: "same-origin", ...options });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(body.detail || response.statusText);
   return body;
