@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser clean bench
+.PHONY: demo test test-fast install browser clean bench
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q -rs tests
+
+# For contributors: everything but the tests marked slow (training runs, benchmarks, killed
+# processes, the browser), about 2 minutes on 2 cores; `make test` (and CI) still runs them all.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/align_speed.py

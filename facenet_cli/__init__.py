@@ -3,10 +3,10 @@
 The public Python API; names are imported on first use so that `import facenet_cli` (and every
 CLI call) stays light and torch loads only where a network is needed.
 
-    from facenet_cli import FaceAligner, Embedder, get_spec, resolve_model
-    record = resolve_model("dlib-resnet.v1")
-    aligner = FaceAligner(record.align, upsample="auto")
-    embedder = Embedder(record)
+    from facenet_cli import FacePipeline, PipelineOptions, read_rgb
+    pipeline = FacePipeline.build(PipelineOptions(model="dlib-resnet.v1"))
+    faces = pipeline.faces(read_rgb("photo.jpg"))  # boxes, landmarks, aligned crops
+    vectors = pipeline.embed([face.image for face in faces])
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AlignSpec": "align_specs", "get_spec": "align_specs", "SPECS": "align_specs",
     "read_rgb": "images",
-    "FaceDetector": "detect", "FaceBox": "detect",
+    "FaceDetector": "detect", "FaceBox": "detect", "register_detector": "detect", "create_detector": "detect",
+    "detector_names": "detect", "DetectorStage": "detect",
     "FaceAligner": "align", "LandmarkPredictor": "align",
     "AlignJob": "jobs", "align_tree": "jobs",
     "ModelRecord": "catalogue", "WeightsSource": "catalogue", "list_models": "catalogue",
@@ -26,6 +27,7 @@ _EXPORTS = {
     "Embedder": "embed", "squared_distances": "embed", "normalise": "embed",
     "represent_tree": "represent", "represent_photos": "represent",
     "compare_photos": "compare",
+    "FacePipeline": "pipeline", "PipelineOptions": "pipeline", "open_pipeline": "pipeline",
     "RepsWriter": "reps", "read_reps": "reps", "Reps": "reps",
     "read_pairs": "lfw", "evaluate_lfw": "lfw_report", "evaluate_distances": "verification",
     "tsne_map": "tsne",

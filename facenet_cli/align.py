@@ -11,7 +11,7 @@ import numpy as np
 
 from .align_specs import AlignSpec
 from .choices import MAX_SIZE, MIN_SIZE, FacePolicy, Fallback, values
-from .detect import FaceBox, FaceDetector
+from .detect import DLIB_5, FaceBox, FaceDetector
 from .errors import MultipleFaces, NoFace, UsageError
 from .resources import dlib_model_path, landmarks_file
 
@@ -66,6 +66,18 @@ class AlignedFace:
     box: FaceBox
     landmarks: np.ndarray  # (68 or 5, 2) in the source image
     fallback: bool = False
+
+
+def detector_landmarks_fit(spec: AlignSpec, scheme: str | None) -> bool:
+    """Whether a detector's landmarks (in `scheme`) are the points `spec`'s template is defined on,
+    so the aligner warps with them instead of running dlib's shape predictor on the box."""
+    return scheme == DLIB_5 and spec.method == "dlib-chip" and spec.landmarks == 5
+
+
+def shape_from_points(box: FaceBox, points: np.ndarray) -> dlib.full_object_detection:
+    """A detector's landmarks in the form dlib's predictor gives them (integer pixels, as its own)."""
+    parts = [dlib.point(int(round(float(x))), int(round(float(y)))) for x, y in points]
+    return dlib.full_object_detection(box.to_dlib(), parts)
 
 
 def warp(rgb: np.ndarray, spec: AlignSpec, shape: dlib.full_object_detection) -> np.ndarray:
@@ -131,7 +143,7 @@ class FaceAligner:
     """Detect, landmark and warp. Holds the dlib models: build once per process."""
 
     spec: AlignSpec
-    detector: str = "hog"
+    detector: str = "hog"  # a registered detector's name (detect.detector_names())
     upsample: int | str = 1
     faces: str = "largest"
     fallback: str = "none"
@@ -152,6 +164,9 @@ class FaceAligner:
         self._detector = FaceDetector(self.detector, self.upsample, upsample_budget=self.upsample_budget,
                                       pixel_budget=self.pixel_budget, first_pass_pixels=self.first_pass_pixels)
         self._landmarks = LandmarkPredictor(self.spec.landmarks)
+        # Boxes that come with landmarks the template is defined on skip the predictor; the rest
+        # (other detectors, fallback boxes) get it.
+        self._detector_landmarks = detector_landmarks_fit(self.spec, self._detector.landmarks)
 
     @property
     def first_pass(self) -> str | None:
@@ -159,8 +174,13 @@ class FaceAligner:
         again" (at full size), or None (no first pass: a small photo, or upsample not auto)."""
         return self._detector.last_first_pass
 
+    def _shape(self, rgb: np.ndarray, box: FaceBox) -> dlib.full_object_detection:
+        if self._detector_landmarks and box.landmarks is not None:
+            return shape_from_points(box, box.landmarks)
+        return self._landmarks.shape(rgb, box)
+
     def align_box(self, rgb: np.ndarray, box: FaceBox, fallback: bool = False) -> AlignedFace:
-        shape = self._landmarks.shape(rgb, box)
+        shape = self._shape(rgb, box)
         return AlignedFace(warp(rgb, self.spec, shape), box, LandmarkPredictor.to_array(shape), fallback)
 
     def align_stand_in(self, path) -> list[AlignedFace]:
@@ -201,7 +221,8 @@ class FaceAligner:
         clock = _Clock(timings)
         detector = self._detector
         # Would a huge photo get the first pass (HOG, upsample auto), and is this one a big JPEG?
-        wanted = "hog" in detector.stages and detector.first_pass_scale("hog", 1 << 15, 1 << 15) is not None
+        stage = detector.first_pass_stage
+        wanted = stage is not None and detector.first_pass_scale(stage, 1 << 15, 1 << 15) is not None
         if not (wanted and big_jpeg(path, detector.first_pass_pixels)):
             rgb = read_rgb(path)
             clock.lap("decode")
@@ -212,7 +233,7 @@ class FaceAligner:
             chosen, scale = [], None
             if preview is not None:
                 small, (height, width) = preview
-                scale = detector.first_pass_scale("hog", height, width)
+                scale = detector.first_pass_scale(stage, height, width)
             if scale is not None:
                 small = _fit(small, int(width * scale), int(height * scale))
                 chosen = detector.first_pass(small, height, width,
@@ -242,7 +263,7 @@ class FaceAligner:
         return self._align_boxes(rgb, chosen, fallback, clock)
 
     def _align_boxes(self, rgb: np.ndarray, chosen: list[FaceBox], fallback: bool, clock: "_Clock") -> list[AlignedFace]:
-        shapes = [self._landmarks.shape(rgb, box) for box in chosen]
+        shapes = [self._shape(rgb, box) for box in chosen]
         clock.lap("landmarks")
         faces = [AlignedFace(warp(rgb, self.spec, s), b, LandmarkPredictor.to_array(s), fallback)
                  for b, s in zip(chosen, shapes)]

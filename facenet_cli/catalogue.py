@@ -153,6 +153,8 @@ from .choices import DEFAULT_MODEL  # noqa: E402 (one home, light enough for the
 # benchmark scripts the README names.
 DLIB_IDENTIFY_POINTS: dict[str, Any] = {
     "method": "mean",
+    # The flip the embeddings below were made with: a pipeline left to its defaults uses it.
+    "flip": True,
     "gate": {"basis": "mean", "margin": 0.5, "spread": 0.25},
     "default_far": 0.01,
     "curve": {
@@ -177,6 +179,7 @@ DLIB_CLUSTER_POINTS: dict[str, Any] = {
     # on the faces of peopleDevTrain.txt alone, then fixed and measured on all of LFW
     # (benchmarks/cluster_lfw.py, View 2 embeddings with --flip).
     "threshold": 0.13,
+    "flip": True,
     "algorithm": "average-linkage-knn",
     "k": 32,
     "chosen_on": "best pairwise F on peopleDevTrain.txt's 4,038 people (9,525 faces)",

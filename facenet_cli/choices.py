@@ -21,11 +21,18 @@ class Choice(str, Enum):
         return self.value
 
 
-class Detector(Choice):
-    hog = "hog"
-    cnn = "cnn"
-    hog_cnn = "hog+cnn"
-    hog_fast = "hog-fast"
+def _detector_choice() -> type[Choice]:
+    """`--detector`: the built-in detectors of the registry (facenet_cli/detect/, one file each,
+    light to import), so that a new detector file is a new choice. Members are named by value
+    with "+" and "-" as "_" (`Detector.hog_cnn`); detectors registered at run time are for the
+    Python API."""
+    from .detect import detector_names
+
+    members = [(name.replace("+", "_").replace("-", "_"), name) for name in detector_names(builtin_only=True)]
+    return Choice("Detector", members, module=__name__, qualname="Detector")
+
+
+Detector = _detector_choice()
 
 
 class Upsample(Choice):

@@ -467,33 +467,34 @@ def _faces_from_reps(folder: Path) -> tuple[list[Face], np.ndarray, dict]:
 def _faces_from_images(source: Path, out: Path, kind: str, *, model, device, flip, batch_size, detector,
                        upsample, faces, fallback, workers, on_stage, on_advance, extra: dict):
     """Align (photos only) and embed with the library's own jobs; each face keeps its photo."""
-    from .embed import Embedder
-    from .hub import resolve_model
+    from .pipeline import FacePipeline, PipelineOptions
     from .reps import read_reps
     from .represent import represent_tree
 
-    record = resolve_model(model)
+    # verify=False: the align job checks the detection files, the embedder its weights.
+    pipeline = FacePipeline.build(PipelineOptions(model=model, device=device, flip=flip, batch_size=batch_size,
+                                                  detector=detector, upsample=upsample, faces=faces,
+                                                  fallback=fallback), verify=False)
     aligned = source
     crops: dict[str, tuple[str, int]] = {}  # aligned crop (relative) -> (photo, face index)
     if kind == "photos":
-        from .detect import parse_upsample
-        from .jobs import AlignJob, align_tree
+        from .jobs import align_tree
 
         aligned = out / "aligned"
-        job = AlignJob(spec=record.align, detector=detector, upsample=parse_upsample(upsample),
-                       faces=faces, fallback=fallback)
+        job = pipeline.align_job()
         report = align_tree(source, aligned, job, workers=workers,
                             on_start=lambda n: _stage(on_stage, "Aligning", n),
                             on_outcome=(lambda _o: on_advance(1)) if on_advance else None)
         extra["outcomes"] = {s: n for s, n in Counter(o.status for o in report.outcomes).items()}
-        extra["no_face"] = [str(source / o.input) for o in report.outcomes if not o.outputs]
+        # Photos are named by their path relative to SOURCE (align's `input`), never by file name.
+        extra["no_face"] = [o.input for o in report.outcomes if not o.outputs]
         for outcome in report.outcomes:
             for index, crop in enumerate(outcome.outputs):
-                crops[crop] = (str(source / outcome.input), index)
+                crops[crop] = (outcome.input, index)
         if not crops:
             raise DataError(f"No face was found in any of the {report.total} files under {source} "
                             f"(see {aligned / 'align-report.csv'}); nothing to cluster.")
-    embedder = Embedder(record, device=device, flip=flip, batch_size=batch_size)
+    embedder = pipeline.embedder
     reps_dir = out / "reps"
     represent_tree(aligned, reps_dir, embedder, on_start=lambda n: _stage(on_stage, "Embedding", n),
                    on_batch=on_advance)
@@ -507,9 +508,9 @@ def _faces_from_images(source: Path, out: Path, kind: str, *, model, device, fli
             photo, index = crops[rel]
             found.append(Face(photo, index, path))
         else:
-            found.append(Face(path, 0, path))
+            found.append(Face(rel, 0, path))  # an aligned SOURCE: the crop relative to it
         rows.append(row)
-    return found, reps.embeddings[rows], record.to_dict()
+    return found, reps.embeddings[rows], pipeline.record.to_dict()
 
 
 # ---------------------------------------------------------------------- outputs

@@ -1023,11 +1023,11 @@ def add_to_gallery(gallery_path: str | os.PathLike, inputs: list[str | os.PathLi
 def resolve_for(gallery: Gallery, model: str | None, flip: bool | None) -> tuple["ModelRecord", str, bool]:
     """The model record and flip to embed with: the gallery's, checked against --model/--flip if given."""
     from .catalogue import DEFAULT_MODEL
-    from .hub import resolve_model
+    from .pipeline import resolve_record
 
     bound = gallery.model
     ref = model or (bound.ref if bound else DEFAULT_MODEL)
-    record = resolve_model(ref)
+    record = resolve_record(ref)
     use_flip = flip if flip is not None else (bound.flip if bound else True)
     gallery.check_model(record.name, record.align.to_dict(), record.embedding_dim, model_fingerprint(record), use_flip)
     return record, ref, use_flip
@@ -1038,23 +1038,19 @@ def _add_photos(gallery: Gallery, items: list[tuple[str, str]], *, model, flip, 
     record, ref, use_flip = resolve_for(gallery, model, flip)
     if on_start:
         on_start(len(items))
-    engine: dict = {}
+    from .pipeline import FacePipeline, PipelineOptions
+
+    # verify=False: each part checks its own files as it loads, so adding aligned crops needs no
+    # landmark file.
+    pipeline = FacePipeline.build(PipelineOptions(model=ref, device=device, flip=use_flip, batch_size=batch_size,
+                                                  detector=detector, upsample=upsample, faces=faces,
+                                                  fallback=fallback), record=record, verify=False)
+    engine: dict = {}  # what the batches share once made (the gallery's same-face finder)
 
     def load(part: str):
         """The embedder or the aligner, each built the first time a photo needs it (an aligned
         crop needs no detector, an image already in the gallery neither)."""
-        if part not in engine:
-            if part == "embedder":
-                from .embed import Embedder
-
-                engine[part] = Embedder(record, device=device, flip=use_flip, batch_size=batch_size)
-            else:
-                from .align import FaceAligner
-                from .detect import parse_upsample
-
-                engine[part] = FaceAligner(record.align, detector=detector, upsample=parse_upsample(upsample),
-                                           faces=faces, fallback=fallback)
-        return engine[part]
+        return pipeline.embedder if part == "embedder" else pipeline.aligner
 
     bad_names: dict[str, str] = {}
     results: list[AddOutcome | None] = [None] * len(items)
@@ -1306,9 +1302,9 @@ def _add_reps(gallery: Gallery, folder: Path, model, flip, on_start, on_advance)
         raise UsageError(f"{folder} was represented {'with' if reps_flip else 'without'} --flip; drop "
                          f"{'--no-flip' if reps_flip else '--flip'} or represent the photos again.")
     if model is not None:
-        from .hub import resolve_model
+        from .pipeline import resolve_record
 
-        wanted = resolve_model(model)
+        wanted = resolve_record(model)
         if model_fingerprint(wanted) != model_fingerprint(record):
             raise SpecMismatch(f"{folder} holds embeddings of {record.name}, not of {wanted.name}; represent the "
                                f"photos with --model {model} or drop --model.")

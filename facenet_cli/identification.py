@@ -550,17 +550,17 @@ def identify(gallery_path: str | os.PathLike, inputs: Sequence[str | os.PathLike
         got = _index_for(gallery_path, state, enrolment)
         matcher.use_index(got.index)
         search = f"index ({got.status})"
-    from .compare import display_names
     from .images import read_rgb
 
     result = Identification(str(gallery_path), gm.name, method, enrolment.size, matcher.threshold, matcher.far,
                             matcher.gate, photos=listing.entries,
                             far_range=(min(curve.fars), max(curve.fars)) if curve else None, search=search)
-    for entry in listing.refused:  # reported, so the photos' counts add up to the entries
-        result.problems[entry.path] = f"{entry.status}: {entry.detail}"
+    # reported, so the photos' counts add up to the entries
+    for entry, label in zip(listing.refused, listing.refused_names()):
+        result.problems[label] = f"{entry.status}: {entry.detail}"
     if on_start:
         on_start(len(photos))
-    for photo, label in zip(photos, display_names(photos)):
+    for photo, label in zip(photos, listing.names()):  # relative to the folder given
         try:
             found = aligner.align(read_rgb(photo))
         except BadImage as exc:
@@ -580,23 +580,25 @@ def identify(gallery_path: str | os.PathLike, inputs: Sequence[str | os.PathLike
 def _engine_for(gallery_path, gm, model: str | None, device: str, detector: str, upsample, embedder, aligner):
     """The embedder (the gallery's own model and flip) and the aligner (every face), made unless given."""
     from .gallery import model_fingerprint
+    from .pipeline import FacePipeline, PipelineOptions
 
+    # Files are checked as each part loads (the embedder its weights, the aligner its landmarks),
+    # after the model is known to be the gallery's.
+    options = PipelineOptions(model=model or gm.ref, device=device, flip=gm.flip, detector=detector,
+                              upsample=upsample, faces="all")
     if embedder is None:
-        from .embed import Embedder
-        from .hub import resolve_model
-
-        record = resolve_model(model or gm.ref)
+        pipeline = FacePipeline.build(options, verify=False)
+        record = pipeline.record
         if model_fingerprint(record) != gm.fingerprint or record.embedding_dim != gm.dim:
             raise UsageError(f"{gallery_path} holds faces of {gm.describe()}; use that model "
                              f"(drop --model or pass --model {gm.ref}).")
-        embedder = Embedder(record, device=device, flip=gm.flip)
+        embedder = pipeline.embedder
     elif model_fingerprint(embedder.record) != gm.fingerprint or embedder.flip != gm.flip:
         raise UsageError(f"{gallery_path} holds faces of {gm.describe()}, not of the embedder given.")
+    else:
+        pipeline = FacePipeline.build(options, record=embedder.record, verify=False)
     if aligner is None:
-        from .align import FaceAligner
-        from .detect import parse_upsample
-
-        aligner = FaceAligner(embedder.record.align, detector=detector, upsample=parse_upsample(upsample), faces="all")
+        aligner = pipeline.aligner
     return embedder, aligner
 
 

@@ -68,10 +68,11 @@ class AlignJob:
 
     def __post_init__(self):
         from .align import FACE_POLICIES, FALLBACKS, check_size
-        from .detect import DETECTORS, parse_upsample  # noqa: I001 (the engine validates its own values)
+        from .detect import detector_names, parse_upsample  # noqa: I001 (the engine validates its own values)
 
         # Enum members (the CLI's) and paths become the plain values that align-spec.json records.
-        for name, allowed in (("detector", DETECTORS), ("faces", FACE_POLICIES), ("fallback", FALLBACKS)):
+        # Detectors: every registered one (a detector registered at run time included).
+        for name, allowed in (("detector", detector_names()), ("faces", FACE_POLICIES), ("fallback", FALLBACKS)):
             value = getattr(self, name)
             value = getattr(value, "value", value)
             if value not in allowed:
@@ -216,10 +217,10 @@ def _aligner_for(job: AlignJob):
     if _ALIGNER is None or _JOB != job:
         import cv2
 
-        from .align import FaceAligner
+        from .pipeline import make_aligner
 
         cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
-        _ALIGNER = FaceAligner(job.spec, job.detector, job.upsample, job.faces, job.fallback)
+        _ALIGNER = make_aligner(job.spec, job.detector, job.upsample, job.faces, job.fallback)
         _JOB = job
     return _ALIGNER
 

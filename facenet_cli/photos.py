@@ -44,6 +44,24 @@ class PhotoListing:
     def entries(self) -> int:
         return len(self.photos) + len(self.refused)
 
+    def names(self) -> list[str]:
+        """How outputs name the photos: by their path relative to the folder given, never by the
+        file name alone (`ben/x.jpg` and `ada/x.jpg` stay apart); a photo named directly keeps its
+        path as given. When that names two photos alike (folders `val/ben` and `val/ada` given,
+        both holding `x.jpg`), every photo is named by its path as given instead."""
+        return self._names(self.photos)
+
+    def refused_names(self) -> list[str]:
+        """The refused entries, named as `names` names photos (control characters escaped)."""
+        return self._names([(r.path, printable_name(r.rel) if r.rel not in ("", ".") else "") for r in self.refused])
+
+    def _names(self, entries: list[tuple[str, str]]) -> list[str]:
+        relative = [rel or path for path, rel in entries]
+        everyone = [rel or path for path, rel in self.photos] + [r.rel or r.path for r in self.refused]
+        if len(set(everyone)) == len(everyone):
+            return relative
+        return [path for path, _ in entries]
+
 
 def list_folder(folder: str | os.PathLike) -> PhotoListing:
     """The photos under `folder` (sorted, align's order) and the entries settled without reading."""

@@ -104,11 +104,14 @@ class EmbedderSpec:
                    embedder.precision, embedder.tta, engine)
 
     def build(self) -> "Embedder":
-        from .embed import Embedder
+        from .pipeline import FacePipeline, PipelineOptions
 
         weights = self.weights if self.weights and Path(self.weights).is_file() else None
-        return Embedder(self.record, device=self.device, flip=self.flip, batch_size=self.batch_size,
-                        weights=weights, precision=self.precision, tta=self.tta, engine=self.engine)
+        options = PipelineOptions(model=self.record.name, device=self.device, flip=self.flip,
+                                  batch_size=self.batch_size, precision=self.precision, tta=self.tta,
+                                  engine=self.engine)
+        # The driver's record as it is (a checkpoint's may not resolve on this machine).
+        return FacePipeline.build(options, record=self.record, verify=False, weights=weights).embedder
 
 
 class EmbedActor:

@@ -42,11 +42,11 @@ def landmarks_file(points: int) -> str:
 
 
 def align_model_files(spec: "AlignSpec", detector: str = "hog") -> list[str]:
-    """The dlib files a FaceAligner(spec, detector) loads."""
-    files = [landmarks_file(spec.landmarks)]
-    if detector in ("cnn", "hog+cnn"):
-        files.append(CNN_FACE_DETECTOR)
-    return files
+    """The dlib files a FaceAligner(spec, detector) loads: the landmark predictor (also for the
+    fallback boxes of a detector that gives landmarks), and the files the detector registered."""
+    from .detect import detector_files
+
+    return [landmarks_file(spec.landmarks)] + [f for f in detector_files(detector) if f != landmarks_file(spec.landmarks)]
 
 
 def verify_align_models(spec: "AlignSpec", detector: str = "hog") -> list[Path]:

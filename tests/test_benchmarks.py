@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# Each runs a benchmark script end to end (~10-40 s each): `make test` runs them, `make test-fast` not.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 NUMBER = r"([0-9]+(?:\.[0-9]+)?)"

@@ -165,6 +165,7 @@ def test_when_the_first_pass_runs():
     assert FaceDetector("hog", "auto", first_pass_pixels=0).first_pass_scale("hog", 3000, 4000) is None
 
 
+@pytest.mark.slow  # a benchmark script end to end
 def test_group_photo_benchmark_quick(lfw_dir):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "group_photo.py"), "--quick"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -43,6 +43,7 @@ def test_importing_the_cli_loads_no_engine():
     assert done.stdout.strip() == "", f"importing the CLI loaded {done.stdout.strip()}"
 
 
+@pytest.mark.slow  # a fresh interpreter per command
 def test_help_of_every_command_loads_no_engine():
     for path, _ in _leaf_commands():
         code = ("import sys\nfrom facenet_cli.cli import main\nsys.argv = ['facenet', "

@@ -23,6 +23,8 @@ from facenet_cli.jobs import AlignJob, align_tree
 
 from .helpers import copy_people, png_decodes_fully
 
+pytestmark = pytest.mark.slow  # align runs killed, interrupted and fed huge images (~20 s)
+
 ROOT = Path(__file__).resolve().parents[1]
 # Slow enough (upsample 1) to be killed part way; a centre fallback and an unreadable file show
 # that resumed outcomes keep what they were, not just "done".

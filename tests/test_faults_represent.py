@@ -137,6 +137,7 @@ def kill_when_writing(process: subprocess.Popen, out: Path, rows: int = 4) -> No
     pytest.fail("represent wrote no rows within 120 s")
 
 
+@pytest.mark.slow  # real processes interrupted or killed
 def test_kill_9_mid_run_then_rerun_equals_a_clean_run(crops, run_cli, tmp_path):
     clean = tmp_path / "clean"
     assert run_cli("represent", crops / "aligned-20", clean, "--batch-size", "2", "--device", "cpu").exit_code == 0
@@ -155,6 +156,7 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(crops, run_cli, tmp_path):
     assert contents(fresh) == contents(clean)
 
 
+@pytest.mark.slow  # real processes interrupted or killed
 def test_kill_9_keeps_the_previous_complete_output(crops, run_cli, tmp_path):
     out = tmp_path / "reps"
     assert run_cli("represent", crops / "aligned-small", out).exit_code == 0

@@ -26,6 +26,8 @@ from .test_train import (SMALL_CLI, aligned, aligned_all, assert_same_weights, o
 runner = CliRunner()
 # One thread: the killed subprocess must compute exactly like this process (test_train's
 # `one_thread` fixture sets the same here), and on busy shared cores threads only contend.
+pytestmark = pytest.mark.slow  # training runs killed and resumed (~1 min)
+
 THREADS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CHECKPOINT_TEMP = re.compile(r"^\.(last\.pt|checkpoint-epoch\d{3}\.pt)\.tmp-\d+-[0-9a-f]+$")
 

@@ -245,6 +245,7 @@ def test_corrupt_foreign_and_locked_files(enrolled, tmp_path, run_cli):
         assert dict(gallery.people()) == PEOPLE
 
 
+@pytest.mark.slow  # two real `gallery add` processes
 def test_two_processes_adding_at_once_both_land(known, tmp_path):
     """Two `facenet gallery add` runs on one new gallery at the same moment, one person each,
     plus one photo that both add: every face lands once."""
@@ -278,6 +279,7 @@ def test_python_api_names(enrolled):
         assert len(gallery) == sum(PEOPLE.values())
 
 
+@pytest.mark.slow  # real processes interrupted or killed
 def test_killed_add_keeps_what_landed_and_a_rerun_finishes(known, tmp_path):
     """kill -9 in the middle of `gallery add`: the gallery stays readable with every face that
     landed, and the same command run again adds the rest without embedding those again. Faces

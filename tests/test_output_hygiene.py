@@ -127,9 +127,10 @@ def test_search_prints_names_and_sources_as_text(gallery, tree):
     assert str(tree / "known" / "[best]") in done.stdout
 
 
-def test_the_consoles_print_user_text_verbatim(capsys):
+def test_the_consoles_print_user_text_verbatim(capsys, monkeypatch):
     """Every console of the CLI, and the progress bar's description: markup and emoji codes
     stay text (cells, titles, sentences, error lines)."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # the bar is drawn only on a terminal
     from rich.table import Table
 
     from facenet_cli.cli._app import console, err_console, fail
@@ -274,6 +275,7 @@ def raw(lfw_images, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # real processes interrupted or killed
 def test_ctrl_c_in_align_says_a_rerun_resumes(raw, tmp_path):
     out = tmp_path / "out"
     done = _interrupt(("align", raw, out), lambda: len(list(out.rglob("*.png"))) >= 2)
@@ -288,6 +290,7 @@ def test_ctrl_c_in_align_says_a_rerun_resumes(raw, tmp_path):
     assert summary["total"] == 24 and summary["earlier"] >= kept - 1 >= 1  # it resumed, as the hint said
 
 
+@pytest.mark.slow  # real processes interrupted or killed
 def test_ctrl_c_in_represent_photos_keeps_the_alignment_and_says_so(raw, tmp_path):
     out = tmp_path / "reps"
     done = _interrupt(("represent", raw, out, "--photos"),
@@ -306,6 +309,7 @@ def test_ctrl_c_in_represent_photos_keeps_the_alignment_and_says_so(raw, tmp_pat
     assert summary["faces"] == len(list((out / "aligned").rglob("*.png"))) >= 22  # and every face was embedded
 
 
+@pytest.mark.slow  # real processes interrupted or killed
 def test_ctrl_c_in_represent_says_it_starts_over(raw, tmp_path):
     """Plain represent keeps nothing of an interrupted run (its files are renamed into place only
     at the end), so its hint says the rerun embeds everything again, not that it resumes."""

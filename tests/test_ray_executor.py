@@ -21,6 +21,8 @@ import pytest
 
 from ._sockets import LOOPBACK, SocketWatcher, listeners
 
+pytestmark = pytest.mark.slow  # starts real local Ray clusters (~40 s)
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -107,6 +109,10 @@ def assert_same_reps(ours: Path, ours_aligned: Path, theirs: Path, theirs_aligne
     assert np.abs(a.embeddings - b.embeddings).max() <= EMBEDDING_TOLERANCE
 
 
+# Progress is drawn only on a terminal; rich's TTY_COMPATIBLE=1 makes the pipe count as one.
+SHOW_PROGRESS = {"TTY_COMPATIBLE": "1"}
+
+
 def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, "-m", "facenet_cli", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT, env={**os.environ, **LOOPBACK_ENV, **(env or {})})
@@ -153,7 +159,8 @@ def gone(pid: int) -> bool:
 
 def test_align_command_on_ray_matches_local_and_resumes(cluster, photos, local, tmp_path):
     out = tmp_path / "aligned"
-    done = cli("align", str(photos), str(out), "--executor", "ray", "--address", cluster["address"], "--json")
+    done = cli("align", str(photos), str(out), "--executor", "ray", "--address", cluster["address"], "--json",
+               env=SHOW_PROGRESS)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["total"] == PEOPLE * PER_PERSON + 1 and summary["earlier"] == 0
@@ -179,7 +186,7 @@ def test_align_command_on_ray_matches_local_and_resumes(cluster, photos, local, 
 def test_represent_photos_command_on_ray_matches_local(cluster, photos, local, tmp_path):
     out = tmp_path / "reps"
     done = cli("represent", str(photos), str(out), "--photos", "--batch-size", "4", "--device", "cpu",
-               "--executor", "ray", "--address", cluster["address"], "--json")
+               "--executor", "ray", "--address", cluster["address"], "--json", env=SHOW_PROGRESS)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["align"]["counts"]["unreadable"]["total"] == 1

@@ -61,6 +61,7 @@ def server(tmp_path):
     thread.join(timeout=10)
 
 
+@pytest.mark.slow  # drives a real chromium
 def test_enrol_from_the_camera_then_name_and_unknown_in_the_browser(server, fake_camera, tmp_path, lfw_images):
     if not CHROMIUM.exists():
         pytest.skip("no browser: /usr/bin/chromium is missing (`make browser` installs Debian's chromium)")

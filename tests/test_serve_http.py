@@ -337,6 +337,7 @@ def test_enrol_from_frames_persists_and_agrees_with_identify(lfw_images, tmp_pat
     assert len(map_points) == 3 and {p["person"] for p in map_points} == {"Colin"}
 
 
+@pytest.mark.slow  # real processes interrupted or killed
 def test_cli_serves_prints_the_url_with_its_token_and_stops_on_ctrl_c(tmp_path, lfw_images):
     """`facenet serve` as a user runs it: the models load once, the printed URL works, the token
     is enforced, a bad gallery path is one sentence, Ctrl-C (SIGINT) stops it."""

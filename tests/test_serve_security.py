@@ -555,6 +555,7 @@ def attacker_site(lfw_images, tmp_path):
     httpd.server_close()
 
 
+@pytest.mark.slow  # drives a real chromium
 def test_a_page_of_another_site_cannot_drive_the_server_in_chromium(served, attacker_site, lfw_images):
     if not CHROMIUM.exists():
         pytest.skip("no browser: /usr/bin/chromium is missing (`make browser` installs Debian's chromium)")

@@ -26,6 +26,8 @@ from facenet_cli.training.train import TrainConfig, resume, train
 
 from .helpers import copy_people
 
+pytestmark = pytest.mark.slow  # real training runs (minutes in all)
+
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder", "Ariel_Sharon"]
 TRAIN_IMAGES = 4  # per person in the training folder; images 5 and 6 are held out
 runner = CliRunner()
@@ -94,32 +96,57 @@ def straight_run(aligned, tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- learning
 
 
-def held_out_loss(checkpoint: Path, aligned_all: Path) -> float:
-    """Mean triplet loss over every triplet of the held-out images (5th and 6th of each person)."""
+# Every training image in every batch (P x K = 6 x 4), SGD and the batch-hard miner: the
+# training loss reaches 0 within ~40 steps, and the 20 steps after it, whose updates are ~0,
+# let batch norm's running statistics (momentum 0.1) catch up with the batch statistics, so the
+# checkpoint in eval mode (what --model uses) separates the people too. With fewer steps the
+# eval-mode network lags behind its training-mode self: the old 12-step test measured
+# embeddings collapsed to one point (every distance ~1e-6, loss = alpha) and passed or failed
+# with the CPU's float rounding. Measured with seeds 1, 2, 3, 7, 11 on AVX-512 and forced AVX2
+# kernels (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2): training loss 0.31-0.36 -> 0.00,
+# training images in eval mode ordered 100 % with different people 0.62-0.69 apart. Held-out images
+# of these people are not asserted to improve: from scratch on 24 images their loss ended at
+# 0.15-0.205 against 0.2 at the start (seed and CPU decide), which is no margin.
+LEARN = dict(people_per_batch=len(PEOPLE), images_per_person=TRAIN_IMAGES, optimizer="sgd", lr=0.01,
+             miner="batch-hard", epochs=15, batches_per_epoch=4)
+
+
+def triplet_stats(checkpoint: Path, aligned_all: Path, images: slice) -> tuple[float, float, float]:
+    """The checkpoint as a model (eval mode) on a slice of each person's images, over every
+    (anchor, positive, negative) triplet: (mean triplet loss, fraction with d(a,p) < d(a,n),
+    mean squared distance between different people)."""
     embedder = Embedder(resolve_model(checkpoint), device="cpu")
-    files = [sorted((aligned_all / p).glob("*.png"))[TRAIN_IMAGES:] for p in PEOPLE]
-    images = [read_rgb(f) for group in files for f in group]
+    files = [sorted((aligned_all / p).glob("*.png"))[images] for p in PEOPLE]
     labels = torch.tensor([i for i, group in enumerate(files) for _ in group])
-    emb = torch.from_numpy(embedder.embed(images))
+    emb = torch.from_numpy(embedder.embed([read_rgb(f) for group in files for f in group]))
     same = labels[:, None] == labels[None, :]
     a, p, n = torch.nonzero(same[:, :, None] & ~same[:, None, :] & ~torch.eye(len(labels), dtype=torch.bool)[:, :, None],
                             as_tuple=True)
-    return float(triplet_loss()(emb, labels, indices_tuple=(a, p, n)))
+    loss = float(triplet_loss()(emb, labels, indices_tuple=(a, p, n)))
+    d = squared_distances(emb.numpy(), emb.numpy())
+    return loss, float(np.mean(d[a, p] < d[a, n])), float(d[~same.numpy()].mean())
 
 
-def test_training_lowers_the_loss_on_a_held_out_batch(aligned, aligned_all, tmp_path):
+def test_training_separates_the_people_it_was_shown(aligned, aligned_all, tmp_path):
     out = tmp_path / "run"
-    report = train(small(aligned, out, epochs=3, batches_per_epoch=4, lr=1e-3))
-    assert [row.epoch for row in report.history] == [1, 2, 3]
-    before = held_out_loss(out / "checkpoint-epoch000.pt", aligned_all)
-    after = held_out_loss(out / "last.pt", aligned_all)
-    assert after < before
+    report = train(small(aligned, out, **LEARN))
+    assert [row.epoch for row in report.history] == list(range(1, LEARN["epochs"] + 1))
+    # Training mode: the mined loss falls to (nearly) 0 from ~0.3.
+    assert report.history[-1].loss < 0.1 * report.history[0].loss, [row.loss for row in report.history]
+    # The saved network, as --model uses it: the training people are apart (margin: 100 % and
+    # 0.65 measured; a collapsed network gives ~50 % and ~0).
+    loss, ordered, apart = triplet_stats(out / "last.pt", aligned_all, slice(0, TRAIN_IMAGES))
+    assert loss < 0.05 and ordered > 0.95 and apart > 0.3, (loss, ordered, apart)
+    # The starting network in eval mode maps every face to one point (distances ~1e-6); the
+    # trained one keeps unseen faces (the 5th and 6th of each person) apart too (0.29 measured).
+    _, _, held_apart = triplet_stats(out / "last.pt", aligned_all, slice(TRAIN_IMAGES, None))
+    assert held_apart > 0.05, held_apart
     lines = (out / "loss.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,loss,triplet_loss,distill_loss,triplets_per_batch,images_per_s")
-    assert len(lines) == 4
+    assert len(lines) == LEARN["epochs"] + 1
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [float(line.split(",")[1]) for line in lines[1:]] == pytest.approx([row.loss for row in report.history],
-                                                                             rel=1e-5)
+                                                                             rel=1e-5, abs=1e-6)
     assert all(row.triplets_per_batch > 0 for row in report.history)  # the miner found work every epoch
 
 

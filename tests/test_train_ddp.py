@@ -30,6 +30,8 @@ from facenet_cli.training.distributed import GlobalBatchNorm2d, check_divisible
 from ._sockets import LOOPBACK, SocketWatcher, listeners, process_tree
 from .helpers import copy_people
 
+pytestmark = pytest.mark.slow  # real 2-process training runs (minutes in all)
+
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder", "Ariel_Sharon"]
 # P x K = 12 images a batch, 6 per process. SGD with a small step: the miners' choices are
 # discrete, so a large step turns float rounding (a different summation order across 2
@@ -119,7 +121,10 @@ def test_two_processes_follow_the_single_process_loss(runs):
     for one, two, rtol in zip(single, ddp, LOSS_RTOL):
         assert two["loss"] == pytest.approx(one["loss"], rel=rtol), (one["epoch"], one["loss"], two["loss"])
     # The loss moved by more than the tolerance, so the updates themselves were compared (with
-    # torch 2.13 on this machine: 0.3475 -> 0.2901, 16.5 %; the 2 runs agree within 0.7 %).
+    # torch 2.13 on this machine: 0.3475 -> 0.2901, 16.5 %; the 2 runs agree within 0.7 %; with
+    # AVX2 kernels forced (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2) 16.5 % and 1.7 %;
+    # another AVX-512 machine moved 15 %). The move comes from the setting, not from rounding, so
+    # this 10 % bar keeps a 1.5x margin on every CPU measured.
     assert abs(single[-1]["loss"] - single[0]["loss"]) > LOSS_RTOL[-1] * single[0]["loss"]
 
 

@@ -373,6 +373,10 @@ CacheDirOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of tables.")]
+# Every command that draws progress takes it; cli/_progress.py decides (no bar either when
+# stderr is not a terminal).
+QuietOption = Annotated[bool, typer.Option(
+    "--quiet", help="Draw no progress bars (none are drawn either when stderr is not a terminal).")]
 DeviceOption = Annotated[Device, typer.Option("--device", help="auto (a CUDA GPU when there is one), cpu or cuda.")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Faces per forward pass.")]
 FlipOption = Annotated[bool, typer.Option(
@@ -406,8 +410,12 @@ FallbackDirOption = Annotated[Optional[Path], typer.Option(
 def load_embedder(model: str, device: str = "auto", batch_size: int = 32, flip: bool = False,
                   precision: str = "fp32", tta: int = 0, engine: str = "torch"):
     """Resolve --model through the catalogue (or a checkpoint) and load its network once."""
-    from ..embed import Embedder
-    from ..hub import resolve_model
+    return load_pipeline(model, device=device, batch_size=batch_size, flip=flip, precision=precision, tta=tta,
+                         engine=engine, verify=False).embedder  # the embedder checks its own weights
 
-    return Embedder(resolve_model(model), device=str(device), flip=flip, batch_size=batch_size,
-                    precision=str(precision), tta=tta, engine=engine)
+
+def load_pipeline(model: str, verify: bool = True, **options):
+    """The face pipeline of --model with the command's options (pipeline.PipelineOptions fields)."""
+    from ..pipeline import FacePipeline, PipelineOptions
+
+    return FacePipeline.build(PipelineOptions(model=str(model), **options), verify=verify)

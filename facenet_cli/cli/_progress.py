@@ -2,6 +2,7 @@
 tables and --json)."""
 from __future__ import annotations
 
+import os
 import time
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -10,13 +11,31 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from ._app import err_console
 
 
-def progress_bar() -> Progress:
+def progress_shown(quiet: bool = False) -> bool:
+    """Whether progress is drawn: never with --quiet, and never when stderr is not a terminal (a
+    log file or a pipe would get every redraw, or at least the bar's last line). Only the stream
+    decides, not FORCE_COLOR (set in many CI jobs, which rich takes for a terminal);
+    TTY_COMPATIBLE=1 or 0, rich's own setting, overrides it."""
+    if quiet:
+        return False
+    forced = os.environ.get("TTY_COMPATIBLE", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return bool(err_console.file.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def progress_bar(quiet: bool = False) -> Progress:
+    """A bar on stderr; a disabled one (draws nothing, not even a blank line) when
+    `progress_shown` says no."""
     return Progress(
         # markup=False: TextColumn parses its text as markup by default, and a description may
         # hold a user's string (`[/x]` would raise MarkupError mid-run).
         TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=err_console, transient=False,
+        console=err_console, transient=False, disable=not progress_shown(quiet),
     )
 
 
@@ -29,9 +48,9 @@ class CountingProgress:
             align_tree(raw, out, job, on_start=bar.on_start, on_outcome=lambda _: bar.on_advance())
     """
 
-    def __init__(self, description: str, unit: str = "/s"):
+    def __init__(self, description: str, unit: str = "/s", quiet: bool = False):
         self.description, self.unit = description, unit
-        self._progress = progress_bar()
+        self._progress = progress_bar(quiet)
         self._task = None
         self._done = 0
         self._started = time.perf_counter()

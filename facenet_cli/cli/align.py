@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ..choices import DEFAULT_MODEL, MAX_SIZE, MIN_SIZE, Detector, Executor, FacePolicy, Fallback, Landmarks, Upsample
-from ._app import (DetectorOption, FacesOption, FallbackDirOption, FallbackOption, JsonOption, ModelOption,
+from ._app import (DetectorOption, FacesOption, FallbackDirOption, FallbackOption, JsonOption, QuietOption, ModelOption,
                    UpsampleOption, command, console, print_json)
 
 if TYPE_CHECKING:
@@ -48,11 +48,11 @@ def executor_for(executor: Executor, address: Optional[str], workers: Optional[i
 def model_spec(model: str, landmarks: Optional[str], size: Optional[int]):
     """The model's own spec unless --landmarks names another; --size overrides the size."""
     from ..align_specs import get_spec
-    from ..hub import resolve_model  # checkpoints carry their own spec
+    from ..pipeline import resolve_record  # checkpoints carry their own spec
 
     if landmarks:
         return get_spec(landmarks, size)
-    spec = resolve_model(model).align
+    spec = resolve_record(model).align
     return spec.with_size(size) if size else spec
 
 
@@ -80,6 +80,7 @@ def align_command(
     executor: ExecutorOption = Executor.local,
     address: AddressOption = None,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Align every face under RAW into OUT for a model's template.
 
@@ -108,7 +109,7 @@ def align_command(
         fallback_dir=str(fallback_dir) if fallback_dir else None,
     )
     with executor_for(executor, address, workers) as runner:
-        report = run_with_progress(raw, out, job, workers or 1, executor=runner)
+        report = run_with_progress(raw, out, job, workers or 1, executor=runner, quiet=quiet)
     if as_json:
         print_json(report.summary())
     else:
@@ -116,13 +117,13 @@ def align_command(
 
 
 def run_with_progress(raw: Path, out: Path, job: "AlignJob", workers: int,
-                      executor: "RayExecutor | None" = None) -> "AlignReport":
+                      executor: "RayExecutor | None" = None, quiet: bool = False) -> "AlignReport":
     """`align_tree` with a progress bar on stderr, shown once the folders are checked (a usage
     error stays one line); the same bar for a Ray run, advanced as its outcomes arrive."""
     from ..jobs import align_tree
     from ._progress import CountingProgress
 
-    with CountingProgress("Aligning", "entries/s") as bar:
+    with CountingProgress("Aligning", "entries/s", quiet) as bar:
         return align_tree(raw, out, job, workers, on_outcome=lambda _outcome: bar.on_advance(),
                           on_start=bar.on_start, executor=executor)
 

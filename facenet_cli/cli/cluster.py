@@ -8,7 +8,7 @@ import typer
 
 from ..choices import DEFAULT_MODEL, Detector, FacePolicy, Fallback, LinkMode, Upsample
 from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacesOption, FallbackOption, FlipOption,
-                   JsonOption, ModelOption, UpsampleOption, command, console, err_console, print_json)
+                   JsonOption, ModelOption, QuietOption, UpsampleOption, command, console, err_console, print_json)
 
 
 @command
@@ -36,6 +36,7 @@ def cluster_command(
     fallback: FallbackOption = Fallback.none,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Photos: alignment processes.")] = 1,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Group faces by person; faces that match no one go to `unknown`.
 
@@ -44,7 +45,7 @@ def cluster_command(
     from ..cluster import cluster_faces, cluster_name
     from ._progress import CountingProgress
 
-    with CountingProgress("Clustering") as bar:
+    with CountingProgress("Clustering", quiet=quiet) as bar:
         report = cluster_faces(
             source, out, threshold=threshold, k=k, link=link.value if link else None,
             sheet_rows=sheet_rows, sheet_columns=sheet_columns, model=model, device=str(device),
@@ -66,7 +67,7 @@ def cluster_command(
     shown = 15
     for label, size in enumerate(summary["sizes"][:shown]):
         members = [f for f, lab in zip(report.faces, report.labels) if lab == label][:3]
-        table.add_row(cluster_name(label), str(size), ", ".join(Path(m.path).name for m in members))
+        table.add_row(cluster_name(label), str(size), ", ".join(m.path for m in members))
     if len(summary["sizes"]) > shown:
         table.add_row(f"... {len(summary['sizes']) - shown} more", str(sum(summary["sizes"][shown:])), "")
     table.add_row("unknown", str(summary["unknown"]), "faces that match no one")

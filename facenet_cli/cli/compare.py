@@ -10,7 +10,7 @@ from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Pre
 from ..errors import DataError
 from ._app import (DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption, FlipOption,
                    JsonOption, ModelOption, PrecisionOption, TTAOption, UpsampleOption, command, console,
-                   err_console, load_embedder, print_json)
+                   err_console, load_pipeline, print_json)
 
 if TYPE_CHECKING:
     from ..compare import Comparison
@@ -38,15 +38,15 @@ def compare_command(
 
     Example: facenet compare lennon-1.jpg lennon-2.jpg clapton-1.jpg
     """
-    from ..align import FaceAligner
     from ..compare import compare_photos
-    from ..detect import parse_upsample
     # engine="auto": for a handful of faces on the CPU, dlib's own network instead of importing
     # PyTorch, whose import alone takes longer than the whole comparison.
-    embedder = load_embedder(model, device.value, flip=flip, precision=precision.value, tta=tta, engine="auto")
-    aligner = FaceAligner(embedder.record.align, detector.value, parse_upsample(upsample.value), faces.value,
-                          fallback.value)
-    result = compare_photos([str(p) for p in images], aligner, embedder, fallback_dir=fallback_dir)
+    pipeline = load_pipeline(model, device=device, flip=flip, precision=precision, tta=tta, engine="auto",
+                             detector=detector, upsample=upsample, faces=faces, fallback=fallback,
+                             fallback_dir=fallback_dir)
+    embedder = pipeline.embedder  # first: a bad --precision/--device is refused before detection loads
+    result = compare_photos([str(p) for p in images], pipeline.aligner, embedder,
+                            fallback_dir=pipeline.options.fallback_dir)
     if as_json:
         print_json(result.to_dict())
     else:

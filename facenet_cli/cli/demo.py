@@ -8,7 +8,7 @@ import typer
 
 from ..choices import DEFAULT_MODEL
 from ..errors import UsageError
-from ._app import command, console, load_embedder
+from ._app import QuietOption, command, console, load_pipeline
 
 
 def sample_photo() -> Path:
@@ -24,6 +24,7 @@ def sample_photo() -> Path:
 @command
 def demo_command(
     out: Annotated[Path, typer.Option(help="Where the demo writes its results.")] = Path("demo-out"),
+    quiet: QuietOption = False,
 ) -> None:
     """Align and compare faces made from a photo that ships with matplotlib; no files or network needed.
 
@@ -31,10 +32,8 @@ def demo_command(
     """
     from PIL import Image, ImageEnhance, ImageOps
 
-    from ..align import FaceAligner
     from ..atomic import atomic_open
     from ..compare import compare_photos
-    from ..jobs import AlignJob
     from .align import print_summary, run_with_progress
     from .compare import print_comparison
 
@@ -49,10 +48,11 @@ def demo_command(
         with atomic_open(raw / name) as fh:
             image.save(fh, format="JPEG", quality=92)
 
-    embedder = load_embedder(DEFAULT_MODEL)
-    report = run_with_progress(raw.parent, out / "aligned", AlignJob(spec=embedder.record.align), workers=1)
+    pipeline = load_pipeline(DEFAULT_MODEL, flip=False, upsample="auto", faces="all")
+    embedder = pipeline.embedder
+    report = run_with_progress(raw.parent, out / "aligned", pipeline.align_job(faces="largest"), workers=1,
+                               quiet=quiet)
     print_summary(report)
-    result = compare_photos(sorted(raw.iterdir()), FaceAligner(embedder.record.align, upsample="auto", faces="all"),
-                            embedder)
+    result = compare_photos(sorted(raw.iterdir()), pipeline.aligner, embedder)
     print_comparison(result)
     console.print("Try `facenet compare` on photos of your own.")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import CacheDirOption, JsonOption, command, console, err_console, print_json, refuse_together
+from ._app import CacheDirOption, JsonOption, QuietOption, command, console, err_console, print_json, refuse_together
 
 # (text, style): the consoles print with markup off (names and paths are user text).
 _STATE_TEXT = {
@@ -79,6 +79,7 @@ def _fetch(entry, cache_dir: Optional[Path], mirror: Optional[Path], show_progre
                                TransferSpeedColumn)
 
     from .. import hub
+    from ._progress import progress_shown
 
     if not (entry.weights and entry.weights.url):
         # pip-shipped and local files are only located and verified; nothing to show progress for.
@@ -86,7 +87,7 @@ def _fetch(entry, cache_dir: Optional[Path], mirror: Optional[Path], show_progre
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True,
-                  disable=not (show_progress and err_console.is_terminal)) as bar:
+                  disable=not (show_progress and progress_shown())) as bar:
         task = bar.add_task(entry.name, total=entry.weights.size)
         return hub.weights_path(
             entry, cache_dir, download=True, mirror=mirror,
@@ -104,6 +105,7 @@ def fetch_models_command(
     cache_dir: CacheDirOption = None,
     list_only: Annotated[bool, typer.Option("--list", help="Only show the catalogue and each file's status.")] = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """List every model file with its status, then fetch and verify what is missing.
 
@@ -131,7 +133,7 @@ def fetch_models_command(
             if statuses[entry.name].state == "present":
                 continue
             try:
-                path = _fetch(entry, cache_dir, from_dir, show_progress=not json_output)
+                path = _fetch(entry, cache_dir, from_dir, show_progress=not (json_output or quiet))
             except FacenetError as exc:
                 # Keep going so one bad file does not block the others; the exit code still says it failed.
                 failed.append({"name": entry.name, "error": str(exc)})

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..choices import DEFAULT_MODEL, Detector, FacePolicy, Fallback, Upsample
 from ._app import (INTERRUPTED, BatchSizeOption, DetectorOption, DeviceOption, FacenetCommand, FacenetGroup,
-                   FallbackOption, JsonOption, app, console, err_console, fail, guarded, print_json)
+                   FallbackOption, JsonOption, QuietOption, app, console, err_console, fail, guarded, print_json)
 
 gallery_app = typer.Typer(
     name="gallery", cls=FacenetGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -49,6 +49,7 @@ def gallery_add_command(
         "center or center-only.")] = FacePolicy.skip_multi,
     fallback: FallbackOption = Fallback.none,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Enrol people: one face per photo, never the same image twice, nothing embedded again.
 
@@ -57,7 +58,7 @@ def gallery_add_command(
     from ..gallery import add_to_gallery
     from ._progress import CountingProgress
 
-    with CountingProgress("Adding", "/s") as bar:
+    with CountingProgress("Adding", "/s", quiet) as bar:
         report = add_to_gallery(gallery, [str(p) for p in inputs], name=name, model=model, flip=flip,
                                 device=device.value, detector=detector.value, upsample=upsample.value,
                                 faces=faces.value, fallback=fallback.value, batch_size=batch_size,

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from ..choices import Detector, IdentifyMethod, IndexUse, Upsample
-from ._app import (DetectorOption, DeviceOption, JsonOption, command, console, err_console, given_options,
-                   print_json, refuse_together)
+from ._app import (DetectorOption, DeviceOption, JsonOption, QuietOption, command, console, err_console,
+                   given_options, print_json, refuse_together)
 
 
 @command
@@ -44,6 +44,7 @@ def identify_command(
         "candidates is a JSON list of {\"name\", \"distance\"}, best first. A text cell starting with =, +, -, @, "
         "a tab or a carriage return gets a leading ' so that spreadsheets show it as text, not a formula.")] = False,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Name every face in the photos from a gallery, or say `unknown` (with the estimated false-alarm rate).
 
@@ -58,7 +59,7 @@ def identify_command(
     from ..identification import identify
     from ._progress import CountingProgress
 
-    with CountingProgress("Identifying", "photos/s") as bar:
+    with CountingProgress("Identifying", "photos/s", quiet) as bar:
         result = identify(gallery, [str(p) for p in photos], method=method.value if method else None, far=far,
                           threshold=threshold, top=top, k=k, device=device.value, detector=detector.value,
                           upsample=upsample.value, model=model, use_index=index.value, on_start=bar.on_start, on_advance=bar.on_advance)

@@ -8,8 +8,8 @@ import typer
 
 from ..choices import DEFAULT_MODEL, Detector, Device, Executor, FacePolicy, Fallback, Precision, Upsample
 from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption,
-                   FlipOption, JsonOption, ModelOption, PrecisionOption, TTAOption, UpsampleOption, command,
-                   console, err_console, given_options, load_embedder, print_json)
+                   FlipOption, JsonOption, ModelOption, PrecisionOption, QuietOption, TTAOption, UpsampleOption,
+                   command, console, err_console, given_options, load_pipeline, print_json)
 from .align import AddressOption, ExecutorOption
 
 
@@ -38,6 +38,7 @@ def represent_command(
     executor: ExecutorOption = Executor.local,
     address: AddressOption = None,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Embed every aligned face into OUT (labels.csv + reps.csv + reps.npy + meta.json).
 
@@ -57,30 +58,27 @@ def represent_command(
                          "--photos or drop it.")
     # Validate everything (options, model file) before Ray starts; on Ray the driver only
     # checks the weights (engine auto loads no network until asked), the actors load it.
-    embedder = load_embedder(model, device.value, batch_size, flip, precision=precision.value, tta=tta,
-                             engine="auto" if executor == Executor.ray else "torch")
+    pipeline = load_pipeline(model, verify=False, device=device, batch_size=batch_size, flip=flip, precision=precision,
+                             tta=tta, engine="auto" if executor == Executor.ray else "torch", detector=detector,
+                             upsample=upsample, faces=faces, fallback=fallback, fallback_dir=fallback_dir)
+    _ = pipeline.embedder  # the weights are checked (and, locally, the network loaded) before any work
     with executor_for(executor, address, workers) as runner:
-        _represent(aligned, out, embedder, photos, workers or 1, runner, as_json, detector, upsample, faces,
-                   fallback, fallback_dir)
+        _represent(aligned, out, pipeline, photos, workers or 1, runner, as_json, quiet)
 
 
-def _represent(aligned: Path, out: Path, embedder, photos: bool, workers: int, runner, as_json: bool,
-               detector: Detector, upsample: Upsample, faces: FacePolicy, fallback: Fallback,
-               fallback_dir) -> None:
+def _represent(aligned: Path, out: Path, pipeline, photos: bool, workers: int, runner, as_json: bool,
+               quiet: bool = False) -> None:
     from ..represent import represent_photos, represent_tree
     from ._progress import CountingProgress
 
+    embedder = pipeline.embedder
     align_summary = None
     if photos:
-        from ..detect import parse_upsample
-        from ..jobs import AlignJob
         from .align import print_summary
 
-        job = AlignJob(spec=embedder.record.align, detector=detector.value, upsample=parse_upsample(upsample.value),
-                       faces=faces.value, fallback=fallback.value,
-                       fallback_dir=str(fallback_dir) if fallback_dir else None)
+        job = pipeline.align_job()
         # One bar, two stages: locally the crops are embedded while the alignment goes on.
-        with CountingProgress("Aligning", "entries/s") as bar:
+        with CountingProgress("Aligning", "entries/s", quiet) as bar:
             align_report, report = represent_photos(
                 aligned, out, embedder, job, workers, executor=runner, on_align_start=bar.on_start,
                 on_align_outcome=lambda _outcome: bar.on_advance(),
@@ -90,7 +88,7 @@ def _represent(aligned: Path, out: Path, embedder, photos: bool, workers: int, r
         else:
             print_summary(align_report)
     else:
-        with CountingProgress("Embedding", "faces/s") as bar:
+        with CountingProgress("Embedding", "faces/s", quiet) as bar:
             report = represent_tree(aligned, out, embedder, on_start=bar.on_start, on_batch=bar.on_advance,
                                     executor=runner)
     if as_json:

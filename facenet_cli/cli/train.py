@@ -9,14 +9,14 @@ import typer
 
 from ..choices import Architecture, Device, Miner, Optimizer
 from ..errors import UsageError
-from ._app import DeviceOption, JsonOption, command, console, err_console, print_json
+from ._app import DeviceOption, JsonOption, QuietOption, command, console, err_console, print_json
 
 if TYPE_CHECKING:
     from ..training.train import TrainReport
 
 # Options that --resume may take (what `resume` accepts, plus the output format); the others
 # come from the run's last.pt, and a different value would silently not apply, so it is refused.
-_RESUME_OK = {"resume_dir", "epochs", "minutes", "device", "json_output", "nproc_per_node"}
+_RESUME_OK = {"resume_dir", "epochs", "minutes", "device", "json_output", "quiet", "nproc_per_node"}
 # What each rank of `facenet train --nproc-per-node N` runs (training/launch.py starts N of them).
 _RANK_COMMAND = "from facenet_cli.cli.train import run_rank; run_rank()"
 
@@ -76,6 +76,7 @@ def train_command(
         "gloo on CPUs, nccl on N GPUs), started by facenet itself; they meet through a private file, so no port "
         "is opened. Several machines: torchrun.", show_default=False)] = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train an nn4-family network with triplet loss on P x K batches, checkpointing every epoch.
 
@@ -114,6 +115,7 @@ def train_command(
             val_aligned=str(val_aligned) if val_aligned else None)
         job = {"config": asdict(config)}
     job["json"] = json_output
+    job["quiet"] = quiet
     if nproc_per_node is not None and launched_by_torchrun():
         raise UsageError("--nproc-per-node starts facenet's own processes; under torchrun give the process count "
                          "to torchrun only.")
@@ -132,7 +134,7 @@ def run_job(job: dict) -> None:
     from ..training.train import TrainConfig, resume, train
 
     main_process = env_rank() == 0
-    callbacks, progress = progress_callbacks(job["json"]) if main_process else (None, nullcontext())
+    callbacks, progress = progress_callbacks(job["json"], job["quiet"]) if main_process else (None, nullcontext())
     with progress:
         if "resume" in job:
             report = resume(job["resume"], job["epochs"], job["minutes"], callbacks, device=job["device"])
@@ -209,7 +211,7 @@ def refuse_options_with_resume(ctx: typer.Context) -> None:
                          "with it (only --epochs, --minutes and --device); start a new run with --init to change them.")
 
 
-def progress_callbacks(json_output: bool = False):
+def progress_callbacks(json_output: bool = False, quiet: bool = False):
     """The training's callbacks, and a context manager that ends their bar. The bar appears when
     training starts, so an error found first (a missing folder) stays one line on stderr."""
     from contextlib import contextmanager
@@ -217,7 +219,7 @@ def progress_callbacks(json_output: bool = False):
     from ..training.train import BatchStats, Callbacks, EpochRow
     from ._progress import progress_bar
 
-    progress = progress_bar()
+    progress = progress_bar(quiet)
     say = err_console if json_output else console  # --json: stdout holds the JSON document only
     task = [None]
     started: list[bool] = []

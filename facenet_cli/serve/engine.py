@@ -141,9 +141,8 @@ class Engine:
     def __init__(self, gallery_path: str | Path, model: str | None = None, device: str = "auto",
                  far: float | None = None, detect_width: int = DEFAULT_DETECT_WIDTH,
                  enrol_frames: int = DEFAULT_ENROL_FRAMES):
-        from ..align import FaceAligner
-        from ..embed import Embedder
         from ..gallery import Gallery, resolve_for
+        from ..pipeline import FacePipeline, PipelineOptions
 
         if detect_width < 80:
             raise UsageError(f"--detect-width must be at least 80 pixels, not {detect_width}.")
@@ -154,12 +153,14 @@ class Engine:
             record, self.model_ref, flip = resolve_for(gallery, model, None)
         self.far = far
         self.enrol_frames = enrol_frames
-        self.embedder = Embedder(record, device=device, flip=flip, batch_size=8)
+        self.pipeline = FacePipeline.build(PipelineOptions(model=self.model_ref, device=device, flip=flip, batch_size=8,
+                                                           detector="hog", upsample="auto", faces="all"),
+                                           record=record, verify=False)
+        self.embedder = self.pipeline.embedder
         # Photos: searched exactly as `facenet identify` searches them.
-        self.photo_aligner = FaceAligner(record.align, detector="hog", upsample="auto", faces="all")
+        self.photo_aligner = self.pipeline.aligner
         # Frames: one detector pass at upsample 0 on a copy at most detect_width wide.
-        self.live_aligner = FaceAligner(record.align, detector="hog", upsample=0, faces="all",
-                                        pixel_budget=detect_width * detect_width * 3 // 4)
+        self.live_aligner = self.pipeline.aligner_with(upsample=0, pixel_budget=detect_width * detect_width * 3 // 4)
         self._lock = threading.RLock()
         self._view: GalleryView | None = None
         self._signature: tuple | None = None

@@ -182,9 +182,10 @@ def start_record(config: TrainConfig) -> tuple[ModelRecord, dict | None]:
     """The architecture's record and, with --init, the weights to start from."""
     if config.init is None:
         return default_record(config.architecture or "nn4.small2"), None
-    from ..hub import resolve_model, weights_path
+    from ..hub import weights_path
+    from ..pipeline import resolve_record
 
-    record = resolve_model(config.init)
+    record = resolve_record(config.init)
     if record.architecture not in ARCHITECTURE_NAMES:
         raise UsageError(f"--init {config.init} is a {record.architecture} model, which facenet train cannot train; "
                          f"start from an nn4-family checkpoint ({', '.join(ARCHITECTURE_NAMES)}).")
