@@ -486,7 +486,11 @@ def _run(todo: list, job: AlignJob, workers: int, record: Callable[[FileOutcome]
     if not todo:
         return
     # The models load (and their files are verified) here, in the parent: a damaged model file
-    # is one sentence before any work, and forked workers share the loaded models.
+    # is one sentence before any work, and forked workers share the loaded models. Built anew
+    # for every run (the model objects themselves are cached per file and stamp), so an earlier
+    # run's aligner in this process never hides a file damaged or replaced since.
+    global _ALIGNER
+    _ALIGNER = None
     _aligner_for(job)
     # Tasks are chunks of files: one file each for align alone (each outcome recorded as soon as
     # it is done); with an in-worker step several, so that the step gets a batch (the network's),

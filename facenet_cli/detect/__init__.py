@@ -31,6 +31,7 @@ A stage takes part in the first pass when it sets `first_pass_min_box` (today HO
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -205,6 +206,7 @@ class DetectorEntry:
     stages: tuple[StageFactory, ...]  # tried in turn: a later one only where the earlier found no usable face
     files: tuple[str, ...] = ()  # catalogued files (resources.py file names) its stages load
     builtin: bool = False  # one of this package's files (the CLI's --detector choices)
+    module: str = ""  # the module that registered it (orders the built-in ones)
 
 
 _REGISTRY: dict[str, DetectorEntry] = {}
@@ -220,7 +222,10 @@ def register_detector(name: str, stages: StageFactory | tuple[StageFactory, ...]
     stage), or several tried in turn (a cascade such as hog+cnn); `files` names the catalogued
     files they load, so that they are verified before workers start. ValueError when the name
     is taken."""
-    _load_builtins()
+    module = sys._getframe(1).f_globals.get("__name__", "")
+    builtin = module.startswith(__name__ + ".")
+    if not builtin:  # a built-in file may be imported directly, before or while the others load
+        _load_builtins()
     if not isinstance(name, str) or not name.strip() or name != name.strip() or "," in name:
         raise ValueError(f"a detector name is a non-empty word, not {name!r}")
     if name in _REGISTRY:
@@ -228,7 +233,7 @@ def register_detector(name: str, stages: StageFactory | tuple[StageFactory, ...]
     stages = tuple(stages) if isinstance(stages, (tuple, list)) else (stages,)
     if not stages or not all(callable(s) for s in stages):
         raise ValueError(f"detector {name!r} needs one or more stage classes or factories")
-    entry = DetectorEntry(name, stages, tuple(files), builtin=_builtins == "loading")
+    entry = DetectorEntry(name, stages, tuple(files), builtin=builtin, module=module)
     _REGISTRY[name] = entry
     return entry
 
@@ -258,6 +263,12 @@ def _load_builtins() -> None:
             importlib.import_module(f"{__name__}.{module}")
     finally:
         _builtins = "loaded"
+    # Built-in files may have been imported directly first: list them in their files' order.
+    rank = {f"{__name__}.{m}": i for i, m in enumerate(_FIRST_FILES)}
+    entries = sorted(_REGISTRY.values(), key=lambda e: (not e.builtin, rank.get(e.module, len(rank)) if e.builtin
+                                                         else 0, e.module if e.builtin else ""))
+    _REGISTRY.clear()
+    _REGISTRY.update((e.name, e) for e in entries)
 
 
 def detector_names(builtin_only: bool = False) -> tuple[str, ...]:
