@@ -143,6 +143,17 @@ def test_align_tree_with_a_detector_registered_at_run_time(landmark_detector, lf
 # ------------------------------------------------------------- the registry
 
 
+def test_each_builtin_detector_describes_itself_in_help(run_cli):
+    """--help's words for --detector come from each detector's own file, so a new file is
+    described without touching the CLI."""
+    from facenet_cli.detect import detector_entry
+
+    text = " ".join(run_cli("align", "--help", env={"COLUMNS": "400"}).stdout.split())
+    for name in detector_names(builtin_only=True):
+        entry = detector_entry(name)
+        assert entry.help and f"{name} ({entry.help})" in text, name
+
+
 def test_the_builtin_detectors_are_the_clis_choices():
     assert detector_names(builtin_only=True) == ("hog", "cnn", "hog+cnn", "hog-fast")
     assert choices.values(choices.Detector) == detector_names(builtin_only=True)

@@ -22,6 +22,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Precision, Upsample  # noqa: F401 (re-exported)
+from ..detect import detector_help
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, FacenetError, is_disk_full, write_error
 
 # Sentences are never wrapped mid-path (copyable, greppable); tables still fit the terminal.
@@ -390,10 +391,8 @@ TTAOption = Annotated[int, typer.Option(
 
 # Detection options, the same on every command that finds faces in photos (align, represent
 # --photos, compare, and the commands that take photos later).
-DetectorOption = Annotated[Detector, typer.Option(
-    "--detector", help="hog (fast), hog-fast (hog's frontal filter first, all five only where it finds no face: "
-    "1.6x faster detection, slightly other boxes), cnn (dlib's MMOD: slower, finds turned faces), or hog+cnn (cnn "
-    "only where hog finds nothing).")]
+# Each detector's words come from its own file (facenet_cli/detect/), so a new one is described too.
+DetectorOption = Annotated[Detector, typer.Option("--detector", help=detector_help())]
 UpsampleOption = Annotated[Upsample, typer.Option(
     "--upsample", help="Detector upsampling 0-4, or auto: 0 first, more only when no face is found (upsampling "
     "stops at a pixel budget, so huge photos are never blown up).")]

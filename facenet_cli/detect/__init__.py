@@ -207,6 +207,7 @@ class DetectorEntry:
     files: tuple[str, ...] = ()  # catalogued files (resources.py file names) its stages load
     builtin: bool = False  # one of this package's files (the CLI's --detector choices)
     module: str = ""  # the module that registered it (orders the built-in ones)
+    help: str = ""  # what `--help` says of it: when to choose it
 
 
 _REGISTRY: dict[str, DetectorEntry] = {}
@@ -217,11 +218,11 @@ _builtins = "not loaded"  # "loading" while this package's detector files regist
 
 
 def register_detector(name: str, stages: StageFactory | tuple[StageFactory, ...] | list[StageFactory],
-                      files: tuple[str, ...] | list[str] = ()) -> DetectorEntry:
+                      files: tuple[str, ...] | list[str] = (), help: str = "") -> DetectorEntry:
     """Make `name` a detector: `stages` is a DetectorStage class (or a function returning a
     stage), or several tried in turn (a cascade such as hog+cnn); `files` names the catalogued
-    files they load, so that they are verified before workers start. ValueError when the name
-    is taken."""
+    files they load, so that they are verified before workers start; `help` is what `--help`
+    says of it. ValueError when the name is taken."""
     module = sys._getframe(1).f_globals.get("__name__", "")
     builtin = module.startswith(__name__ + ".")
     if not builtin:  # a built-in file may be imported directly, before or while the others load
@@ -233,7 +234,7 @@ def register_detector(name: str, stages: StageFactory | tuple[StageFactory, ...]
     stages = tuple(stages) if isinstance(stages, (tuple, list)) else (stages,)
     if not stages or not all(callable(s) for s in stages):
         raise ValueError(f"detector {name!r} needs one or more stage classes or factories")
-    entry = DetectorEntry(name, stages, tuple(files), builtin=builtin, module=module)
+    entry = DetectorEntry(name, stages, tuple(files), builtin=builtin, module=module, help=help)
     _REGISTRY[name] = entry
     return entry
 
@@ -269,6 +270,12 @@ def _load_builtins() -> None:
                                                          else 0, e.module if e.builtin else ""))
     _REGISTRY.clear()
     _REGISTRY.update((e.name, e) for e in entries)
+
+
+def detector_help() -> str:
+    """The `--detector` help of the built-in detectors, from their own files' words."""
+    parts = [f"{e.name} ({e.help})" if e.help else e.name for e in map(detector_entry, detector_names(True))]
+    return ", ".join(parts[:-1]) + (", or " if len(parts) > 1 else "") + parts[-1] + "."
 
 
 def detector_names(builtin_only: bool = False) -> tuple[str, ...]:

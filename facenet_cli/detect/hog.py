@@ -31,4 +31,4 @@ def _hog_model():
     return cached_hog_detector()
 
 
-register_detector("hog", HogStage)
+register_detector("hog", HogStage, help="fast")

@@ -39,5 +39,6 @@ def _load_cnn(path: str, size: int, mtime_ns: int):
     return dlib.cnn_face_detection_model_v1(path)
 
 
-register_detector("cnn", MmodStage, files=(CNN_FACE_DETECTOR,))
-register_detector("hog+cnn", (HogStage, MmodStage), files=(CNN_FACE_DETECTOR,))
+register_detector("cnn", MmodStage, files=(CNN_FACE_DETECTOR,), help="dlib's MMOD: slower, finds turned faces")
+register_detector("hog+cnn", (HogStage, MmodStage), files=(CNN_FACE_DETECTOR,),
+                  help="cnn only where hog finds nothing")
