@@ -10,7 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.helpers import copy_people, error_line

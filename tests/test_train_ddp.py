@@ -80,18 +80,17 @@ def run_torchrun(*args: str) -> tuple[dict, str, set, int]:
     port = free_port()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(port), "-m", "facenet_cli", "train", *args]
-    process = subprocess.Popen(command, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watcher = SocketWatcher(process)
-    watcher.start()
-    stdout, stderr = process.communicate(timeout=300)
-    watcher.join()
-    assert process.returncode == 0, stderr[-3000:]
-    return json.loads(stdout), stderr, watcher.sockets, port  # json.loads: rank 0's document alone
+    return (*_run_watched(command), port)  # json.loads: rank 0's document alone
 
 
 def run_launcher(*args: str) -> tuple[dict, str, set]:
     """`facenet train ARGS --nproc-per-node 2`: (JSON, stderr, sockets of its process tree)."""
-    command = [sys.executable, "-m", "facenet_cli", "train", *args, "--nproc-per-node", "2"]
+    return _run_watched([sys.executable, "-m", "facenet_cli", "train", *args, "--nproc-per-node", "2"])
+
+
+def _run_watched(command: list[str]) -> tuple[dict, str, set]:
+    """Run a training command to its end, one thread a process: (its JSON, stderr, the TCP sockets
+    its process tree held)."""
     process = subprocess.Popen(command, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watcher = SocketWatcher(process)
     watcher.start()

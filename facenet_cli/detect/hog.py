@@ -18,8 +18,13 @@ class HogStage(DetectorStage):
         self._hog = _hog_model()
 
     def find(self, rgb, level: int) -> list[FaceBox]:
-        rects, scores, _ = self._hog.run(rgb, level, 0.0)
-        return [FaceBox.from_dlib(r, s) for r, s in zip(rects, scores)]
+        return run_hog(self._hog, rgb, level)
+
+
+def run_hog(detector, rgb, level: int) -> list[FaceBox]:
+    """Boxes and scores of a dlib HOG detector (all five filters, or one cut out of them)."""
+    rects, scores, _ = detector.run(rgb, level, 0.0)
+    return [FaceBox.from_dlib(r, s) for r, s in zip(rects, scores)]
 
 
 @lru_cache(maxsize=None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from . import FaceBox, register_detector
-from .hog import HogStage, _hog_model
+from .hog import HogStage, _hog_model, run_hog
 
 
 class HogFastStage(HogStage):
@@ -23,8 +23,7 @@ class HogFastStage(HogStage):
         self._frontal = _frontal_model()
 
     def find_narrow(self, rgb, level: int) -> list[FaceBox]:
-        rects, scores, _ = self._frontal.run(rgb, level, 0.0)
-        return [FaceBox.from_dlib(r, s) for r, s in zip(rects, scores)]
+        return run_hog(self._frontal, rgb, level)
 
 
 @lru_cache(maxsize=None)
