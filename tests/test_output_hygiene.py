@@ -250,9 +250,11 @@ def test_contradicting_options_are_usage_errors(args, words, run_cli):
 
 # ------------------------------------------------------------------ Ctrl-C: what a rerun does
 
-def _interrupt(args, ready) -> subprocess.CompletedProcess:
-    """Start `facenet ARGS`, send SIGINT once `ready()` holds, and return how it ended."""
+def _interrupt(args, ready, started=lambda proc: None) -> subprocess.CompletedProcess:
+    """Start `facenet ARGS`, send SIGINT once `ready()` holds, and return how it ended
+    (`started(proc)` is told the process first)."""
     proc = subprocess.Popen(_facenet(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    started(proc)
     try:
         assert _wait_for(lambda: ready() or proc.poll() is not None), "the command never got going"
         assert proc.poll() is None, "the command finished before it could be interrupted"
@@ -263,6 +265,15 @@ def _interrupt(args, ready) -> subprocess.CompletedProcess:
             proc.kill()
             proc.wait()
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has spent (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture(scope="module")
@@ -315,12 +326,18 @@ def test_ctrl_c_in_represent_says_it_starts_over(raw, tmp_path):
     at the end), so its hint says the rerun embeds everything again, not that it resumes."""
     aligned = tmp_path / "aligned"
     _clean(_run("align", raw, aligned))
+    for copy in range(1, 10):  # the same crops under more names: a run long enough on any machine
+        for crop in list((aligned / "Colin_Powell").glob("*.png")):
+            (aligned / f"Copy_{copy}").mkdir(exist_ok=True)
+            shutil.copy(crop, aligned / f"Copy_{copy}" / crop.name)
     out = tmp_path / "reps"
     out.mkdir()
     (out / "earlier.txt").write_text("kept")
-    # --tta and one face per batch make the run long enough to interrupt while it embeds.
+    # Plain represent writes nothing until its end, so the signal goes by the CPU the process has
+    # spent: past torch's import and the model's load, inside the embedding (--tta, batches of 1).
+    holder: list[subprocess.Popen] = []
     done = _interrupt(("represent", aligned, out, "--tta", "24", "--batch-size", "1"),
-                      lambda: any(p.name != "earlier.txt" for p in out.iterdir()))
+                      lambda: _cpu_seconds(holder[0].pid) > 4.0, started=holder.append)
     assert done.returncode == 130, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert errors == [f"Error: interrupted; {out} is as it was before this run, rerun the same command to embed "
