@@ -89,7 +89,7 @@ def pairs_subset(source: Path, dest: Path, per_fold: int) -> Path:
 
 def pair_image_files(pairs_file: Path) -> list[Path]:
     """The LFW image files a pairs file names, sorted, each once (keys `Name/Name_0001`)."""
-    from facenet_cli.lfw import read_pairs
+    from facenet_cli.evaluate.lfw import read_pairs
 
     first, second = read_pairs(pairs_file).keys()
     return [LFW_IMAGES / f"{key}.jpg" for key in sorted({*first, *second})]

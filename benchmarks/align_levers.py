@@ -78,7 +78,7 @@ def main() -> None:
     import dlib
     import numpy as np
 
-    from facenet_cli import resources
+    from facenet_cli.models import resources
     from facenet_cli.detect import _hog_model, frontal_sub_detector
 
     cv2.setNumThreads(1)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from _common import QUICK_HELP, lfw_sample, make_tree, median
 
-from facenet_cli.align_specs import get_spec
-from facenet_cli.jobs import STAGES, AlignJob, align_tree
+from facenet_cli.align.specs import get_spec
+from facenet_cli.align.job import STAGES, AlignJob, align_tree
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -189,7 +189,7 @@ def ensure_scale_set(reps_dir: Path, out: Path, sample: int) -> tuple[Path, dict
 
 def measure(args) -> None:
     """Cluster one set at one threshold and print a JSON line: quality, time, peak memory."""
-    from facenet_cli.cluster import block_rows_for, cluster_embeddings, pairwise_f
+    from facenet_cli.recognition.cluster import block_rows_for, cluster_embeddings, pairwise_f
 
     if args.set.endswith(".npz"):
         data = np.load(args.set)
@@ -246,7 +246,7 @@ def main() -> None:
         return measure(args)
 
     from facenet_cli import read_reps
-    from facenet_cli.cluster import f_curve
+    from facenet_cli.recognition.cluster import f_curve
 
     work = WORK / ("cluster-lfw-quick" if args.quick else "lfw-all")
     reps_dir = ensure_reps(work, args.quick)

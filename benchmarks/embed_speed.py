@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from facenet_cli import resources  # noqa: E402
+from facenet_cli.models import resources  # noqa: E402
 from facenet_cli.nets.dlib_resnet import conv_flops, load_dlib_resnet  # noqa: E402
 from tests._dlib_chips import lfw_chips  # noqa: E402
 
@@ -128,8 +128,8 @@ def write_int8_calibration(lfw: Path, count: int = 128) -> None:
 def precision_table(chips: list, repeats: int) -> None:
     """ms per face at batch 32 through the Embedder, fp32 / bf16 / int8 timed in turn (so each
     sees the same load), and how far each moves the unit vectors from fp32's."""
-    from facenet_cli.catalogue import get_record
-    from facenet_cli.embed import Embedder
+    from facenet_cli.models.catalogue import get_record
+    from facenet_cli.nets.embedder import Embedder
 
     record = get_record("dlib-resnet.v1")
     embedders = {p: Embedder(record, device="cpu", batch_size=32, precision=p) for p in ("fp32", "bf16", "int8")}
@@ -165,8 +165,8 @@ def engines_table(model, chips: list, repeats: int, workdir: Path) -> None:
         sys.exit(f"--engines needs onnxruntime, onnx, onnxscript and openvino ({exc}); pip install -e .[bench]")
     import warnings
 
-    from facenet_cli.catalogue import get_record
-    from facenet_cli.embed import Embedder
+    from facenet_cli.models.catalogue import get_record
+    from facenet_cli.nets.embedder import Embedder
 
     batch = np.stack(chips[:32]).transpose(0, 3, 1, 2).astype(np.float32)
     fixed = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)

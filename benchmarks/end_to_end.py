@@ -70,10 +70,10 @@ def our_result(aligned, reps, marks: tuple[float, float, float, float]) -> dict:
 def run_ours(raw: Path, out: Path, precision: str = "fp32", detector: str = "hog") -> dict:
     import torch  # noqa: F401 (imports are not timed, on either side: theirs imports dlib first)
 
-    from facenet_cli.embed import Embedder
-    from facenet_cli.hub import resolve_model
-    from facenet_cli.jobs import AlignJob
-    from facenet_cli.represent import represent_photos
+    from facenet_cli.nets.embedder import Embedder
+    from facenet_cli.models.hub import resolve_model
+    from facenet_cli.align.job import AlignJob
+    from facenet_cli.pipeline.represent import represent_photos
 
     t0 = time.perf_counter()
     embedder = Embedder(resolve_model(MODEL), device="cpu", precision=precision, engine="torch")
@@ -92,10 +92,10 @@ def run_ours(raw: Path, out: Path, precision: str = "fp32", detector: str = "hog
 def run_sequential(raw: Path, out: Path, precision: str = "fp32", detector: str = "hog") -> dict:
     import torch  # noqa: F401 (not timed, as in run_ours)
 
-    from facenet_cli.embed import Embedder
-    from facenet_cli.hub import resolve_model
-    from facenet_cli.jobs import AlignJob, align_tree
-    from facenet_cli.represent import represent_tree
+    from facenet_cli.nets.embedder import Embedder
+    from facenet_cli.models.hub import resolve_model
+    from facenet_cli.align.job import AlignJob, align_tree
+    from facenet_cli.pipeline.represent import represent_tree
 
     t0 = time.perf_counter()
     embedder = Embedder(resolve_model(MODEL), device="cpu", precision=precision)
@@ -116,7 +116,7 @@ _DLIB = None
 def _init_theirs() -> None:
     import dlib
 
-    from facenet_cli import resources
+    from facenet_cli.models import resources
 
     global _DLIB
     _DLIB = (dlib.get_frontal_face_detector(),

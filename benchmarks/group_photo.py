@@ -145,10 +145,10 @@ def match_by_position(found: list[list[float]], placed: list[dict]) -> int:
 def run_ours(photo: Path, first_pass: bool, precision: str = "fp32", read_first: bool = False) -> dict:
     import numpy as np
 
-    from facenet_cli.align import FaceAligner
-    from facenet_cli.compare import find_faces
-    from facenet_cli.embed import Embedder
-    from facenet_cli.hub import resolve_model
+    from facenet_cli.align.aligner import FaceAligner
+    from facenet_cli.recognition.compare import find_faces
+    from facenet_cli.nets.embedder import Embedder
+    from facenet_cli.models.hub import resolve_model
     from facenet_cli.images import read_rgb
 
     threads = int(os.environ.get("GROUP_TORCH_THREADS", "0"))
@@ -184,7 +184,7 @@ def run_theirs(photo: Path) -> dict:
     import numpy as np
     from PIL import Image
 
-    from facenet_cli import resources
+    from facenet_cli.models import resources
 
     t0 = time.perf_counter()
     detector = dlib.get_frontal_face_detector()

@@ -48,11 +48,11 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import LFW_IMAGES, make_tree, people_with_images, run_facenet_here, shell_line, spread  # noqa: E402
-from facenet_cli.catalogue import get_record  # noqa: E402
+from facenet_cli.models.catalogue import get_record  # noqa: E402
 from facenet_cli.errors import FacenetError  # noqa: E402
-from facenet_cli.gallery import Enrolment, GalleryModel  # noqa: E402
-from facenet_cli.identification import Matcher, OperatingCurve, operating_curve  # noqa: E402
-from facenet_cli.reps import read_reps  # noqa: E402
+from facenet_cli.store.gallery import Enrolment, GalleryModel  # noqa: E402
+from facenet_cli.recognition.identify import Matcher, OperatingCurve, operating_curve  # noqa: E402
+from facenet_cli.formats.reps import read_reps  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "lfw"
 DEFAULT_WORK = ROOT / "work"
@@ -176,8 +176,8 @@ def figures(p: Protocol, method: str = "mean", gate: dict | None = None, thresho
     matcher = Matcher(p.enrolment, method=method, gate=gate or BASELINE_GATE, curve=curve,
                       threshold=threshold if (threshold is not None or curve is None) else None,
                       far=far if threshold is None and curve is not None else None)
-    if index:  # people shortlisted by the gallery's search index (facenet_cli/face_index.py), as identify does
-        from facenet_cli.face_index import FaceIndex
+    if index:  # people shortlisted by the gallery's search index (facenet_cli/store/face_index.py), as identify does
+        from facenet_cli.store.face_index import FaceIndex
 
         matcher.use_index(FaceIndex.build(p.enrolment.embeddings, p.enrolment.face_ids))
     chosen, scores = answers(matcher, p.queries)

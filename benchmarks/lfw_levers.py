@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 from _common import LFW, QUICK_HELP, make_tree, pair_image_files, pairs_subset
 
-from facenet_cli.align_specs import get_spec
-from facenet_cli.catalogue import get_record
-from facenet_cli.embed import Embedder, normalise
+from facenet_cli.align.specs import get_spec
+from facenet_cli.models.catalogue import get_record
+from facenet_cli.nets.embedder import Embedder, normalise
 from facenet_cli.images import read_rgb
-from facenet_cli.jobs import AlignJob, align_tree
-from facenet_cli.lfw import pair_distances, read_pairs
-from facenet_cli.verification import evaluate_distances
-from facenet_cli.reps import Reps
+from facenet_cli.align.job import AlignJob, align_tree
+from facenet_cli.evaluate.lfw import pair_distances, read_pairs
+from facenet_cli.evaluate.verification import evaluate_distances
+from facenet_cli.formats.reps import Reps
 
 VARIANTS = [
     ("face_recognition's defaults: HOG upsample 1, largest face, 5-point chip",
@@ -111,7 +111,7 @@ def main() -> None:
     # The mean raw vector of the images of pairsDevTrain only: a dataset statistic of the
     # training side, never of the pairs the accuracy is measured on.
     train_keys = {k for pair in zip(*read_pairs(train_file).keys()) for k in pair}
-    from facenet_cli.lfw import path_key
+    from facenet_cli.evaluate.lfw import path_key
 
     center = vectors[[path_key(p) in train_keys for p in paths]].mean(axis=0)
     np.save(args.out / "dev_train_mean.npy", center)

@@ -102,11 +102,11 @@ def main() -> None:
 
     import torch
 
-    from facenet_cli.catalogue import get_record
-    from facenet_cli.embed import Embedder
-    from facenet_cli.lfw import read_pairs
-    from facenet_cli.lfw_report import evaluate_lfw
-    from facenet_cli.represent import represent_tree
+    from facenet_cli.models.catalogue import get_record
+    from facenet_cli.nets.embedder import Embedder
+    from facenet_cli.evaluate.lfw import read_pairs
+    from facenet_cli.evaluate.report import evaluate_lfw
+    from facenet_cli.pipeline.represent import represent_tree
 
     if ARGS.threads:
         torch.set_num_threads(ARGS.threads)

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from _common import QUICK_HELP, lfw_sample, make_tree, median
 
-from facenet_cli.embed import Embedder
-from facenet_cli.hub import resolve_model
-from facenet_cli.jobs import AlignJob, align_tree
-from facenet_cli.ray_executor import RayExecutor, import_ray
-from facenet_cli.represent import represent_tree
-from facenet_cli.reps import read_reps
+from facenet_cli.nets.embedder import Embedder
+from facenet_cli.models.hub import resolve_model
+from facenet_cli.align.job import AlignJob, align_tree
+from facenet_cli.executors.ray import RayExecutor, import_ray
+from facenet_cli.pipeline.represent import represent_tree
+from facenet_cli.formats.reps import read_reps
 
 MILLION = 1_000_000
 

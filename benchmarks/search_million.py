@@ -1,4 +1,4 @@
-"""Face search over a million faces: the gallery index (facenet_cli/face_index.py) against exact search.
+"""Face search over a million faces: the gallery index (facenet_cli/store/face_index.py) against exact search.
 
     python benchmarks/search_million.py                  # 1,000,000 faces, the library facenet uses
     python benchmarks/search_million.py --compare        # faiss-cpu, hnswlib, usearch side by side (200,000 faces)
@@ -219,7 +219,7 @@ def run_compare(args) -> dict:
 
 def run_million(args) -> dict:
     """The gallery index itself (FaceIndex: the library and parameters facenet uses) on `--faces`."""
-    from facenet_cli.face_index import FaceIndex
+    from facenet_cli.store.face_index import FaceIndex
 
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -258,7 +258,7 @@ def run_million(args) -> dict:
     chosen = index.params["ef_search"]
     from types import SimpleNamespace
 
-    from facenet_cli.identification import refine_by_person
+    from facenet_cli.recognition.identify import refine_by_person
 
     # What `search` and `identify` do with the index's answer: every face of the person it names
     # first is scored exactly (identification.refine_by_person); "index alone" rows are the raw graph.
@@ -323,10 +323,10 @@ def run_exact_sizes(args) -> dict:
     """Per-query time of exact `identify` (default method) and `search` by gallery size, one thread."""
     from threadpoolctl import threadpool_limits
 
-    from facenet_cli.catalogue import get_record
-    from facenet_cli.face_index import FaceIndex
-    from facenet_cli.gallery import Enrolment, GalleryModel
-    from facenet_cli.identification import matcher_for
+    from facenet_cli.models.catalogue import get_record
+    from facenet_cli.store.face_index import FaceIndex
+    from facenet_cli.store.gallery import Enrolment, GalleryModel
+    from facenet_cli.recognition.identify import matcher_for
 
     sizes = [3000, 10000, 30000, 100000] if not args.quick else [500, 2000]
     data, people, query_sets, _ = make_set(max(sizes), args.quick)

@@ -35,9 +35,9 @@ from _common import DATA, QUICK_HELP, shell_line  # noqa: E402
 
 SERIAL_COMPARE = """
 import sys
-from facenet_cli.align import FaceAligner
+from facenet_cli.align.aligner import FaceAligner
 from facenet_cli.cli._app import load_embedder
-from facenet_cli.compare import compare_photos
+from facenet_cli.recognition.compare import compare_photos
 embedder = load_embedder("dlib-resnet.v1", "auto", engine="auto")
 aligner = FaceAligner(embedder.record.align, "hog", "auto", "all", "none")
 print(compare_photos(sys.argv[1:], aligner, embedder, workers=1).to_dict()["pairs"])
@@ -45,10 +45,10 @@ print(compare_photos(sys.argv[1:], aligner, embedder, workers=1).to_dict()["pair
 
 PLAIN_COMPARE = """
 import sys
-from facenet_cli.align import FaceAligner
-from facenet_cli.compare import compare_photos
-from facenet_cli.embed import Embedder
-from facenet_cli.hub import resolve_model
+from facenet_cli.align.aligner import FaceAligner
+from facenet_cli.recognition.compare import compare_photos
+from facenet_cli.nets.embedder import Embedder
+from facenet_cli.models.hub import resolve_model
 embedder = Embedder(resolve_model("dlib-resnet.v1"), device="auto", engine="torch")
 aligner = FaceAligner(embedder.record.align, "hog", "auto", "all", "none")
 result = compare_photos(sys.argv[1:], aligner, embedder)

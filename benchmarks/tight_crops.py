@@ -76,7 +76,7 @@ def make_crops(people: int, out: Path) -> tuple[Path, Path, int]:
     person's other image had none)."""
     from PIL import Image
 
-    from facenet_cli.align import choose_faces
+    from facenet_cli.align.aligner import choose_faces
     from facenet_cli.detect import FaceDetector
     from facenet_cli.images import read_rgb
 
@@ -132,7 +132,7 @@ def measure(tree: Path, out: Path, fallback: str, workers: int, group=lambda pat
     """Align TREE with the fallback and represent it; per group of files (by `group(path)`):
     (HOG found a face, images, rank-1 within the group, rank-1 of the fallback crops alone).
     Rank-1 is over every image of the group: a file without an embedding counts as a miss."""
-    from facenet_cli.reps import read_reps
+    from facenet_cli.formats.reps import read_reps
 
     aligned, reps_dir = out / "aligned", out / "reps"
     shutil.rmtree(out, ignore_errors=True)

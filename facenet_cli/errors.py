@@ -5,6 +5,8 @@ The library raises these; only the CLI turns them into `Error: ...` on stderr an
     0    done (per-file problems such as unreadable images are outcomes in the report, not errors)
     1    the job could not be done: bad or damaged data, a checksum mismatch, a full disk
     2    usage error: a bad option or argument, a missing input, options that contradict
+    3    nothing found: the inputs were read but hold no face to work on (compare, search,
+         identify, cluster, gallery add: every command the same; the report still says why)
     130  interrupted (Ctrl-C); each command's message says what a rerun does (align resumes,
          train needs --resume, identify starts over: cli/_app.py INTERRUPTED)
 """
@@ -15,6 +17,7 @@ import os
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_NOTHING_FOUND = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -41,6 +44,12 @@ class BadImage(FacenetError):
 
 class NoFace(FacenetError):
     """No face was found in an image."""
+
+
+class NothingFound(FacenetError):
+    """The inputs were read but none holds a face to work on; one exit code for every command."""
+
+    exit_code = EXIT_NOTHING_FOUND
 
 
 class MultipleFaces(FacenetError):

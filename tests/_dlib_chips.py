@@ -13,7 +13,7 @@ from PIL import Image
 def _dlib_tools():
     import dlib
 
-    from facenet_cli import resources
+    from facenet_cli.models import resources
 
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(resources.dlib_model_path(resources.SHAPE_PREDICTOR_5)))

@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from facenet_cli import hub
-from facenet_cli.catalogue import DEFAULT_MODEL, CATALOGUE, WeightsSource
-from facenet_cli.hub import with_weights
+from facenet_cli.models import hub
+from facenet_cli.models.catalogue import DEFAULT_MODEL, CATALOGUE, WeightsSource
+from facenet_cli.models.hub import with_weights
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, bigger than one read so progress fires more than once
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()

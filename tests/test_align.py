@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from facenet_cli.align import FaceAligner, LandmarkPredictor, center_box, choose_faces
-from facenet_cli.align_specs import MINMAX_TEMPLATE, get_spec
+from facenet_cli.align.aligner import FaceAligner, LandmarkPredictor, center_box, choose_faces
+from facenet_cli.align.specs import MINMAX_TEMPLATE, get_spec
 from facenet_cli.detect import PIXEL_BUDGET, UPSAMPLE_BUDGET, FaceBox, FaceDetector, detection_plan
 from facenet_cli.errors import MultipleFaces, NoFace, UsageError
 from facenet_cli.images import read_rgb
-from facenet_cli.jobs import AlignJob, align_tree, list_inputs
+from facenet_cli.align.job import AlignJob, align_tree, list_inputs
 
 from .helpers import copy_people
 
@@ -56,7 +56,7 @@ def test_dlib_chip_matches_dlib(lfw_images):
     """Our dlib-chip spec produces exactly dlib's own chip for the same face."""
     import dlib
 
-    from facenet_cli.resources import SHAPE_PREDICTOR_5, dlib_model_path
+    from facenet_cli.models.resources import SHAPE_PREDICTOR_5, dlib_model_path
 
     path = sorted((lfw_images / "Serena_Williams").iterdir())[0]
     rgb = read_rgb(path)
@@ -257,7 +257,7 @@ def test_align_job_checks_and_normalises_its_values():
 
 
 def test_output_names_never_share_a_name_or_a_folder():
-    from facenet_cli.aligned import output_names
+    from facenet_cli.formats.aligned import output_names
 
     inputs = ["p/A.jpg", "p/a.jpg", "p/a.jpg.png", "p/a.png", "x.jpg", "x.png/y.jpg", "z.jpg"]
     stems, collisions = output_names(inputs)

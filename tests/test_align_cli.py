@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from facenet_cli.aligned import AlignedFolder
+from facenet_cli.formats.aligned import AlignedFolder
 from facenet_cli.atomic import is_temp_name
 from facenet_cli.cli import app
 from facenet_cli.errors import BadImage

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facenet_cli.align import FaceAligner
+from facenet_cli.align.aligner import FaceAligner
 from facenet_cli.detect import FIRST_PASS_PIXELS, FaceDetector
 from facenet_cli.images import read_rgb
 
@@ -31,7 +31,7 @@ WIDTH, HEIGHT = 2400, 1800
 
 @pytest.fixture(scope="module")
 def spec():
-    from facenet_cli.hub import resolve_model
+    from facenet_cli.models.hub import resolve_model
 
     return resolve_model("dlib-resnet.v1").align
 
@@ -53,8 +53,8 @@ def nearest(faces, landmarks):
 
 
 def test_first_pass_finds_the_faces_of_the_plain_search_and_aligns_them_as_well(spec, lfw_images):
-    from facenet_cli.embed import Embedder
-    from facenet_cli.hub import resolve_model
+    from facenet_cli.nets.embedder import Embedder
+    from facenet_cli.models.hub import resolve_model
 
     canvas, placed = group((170, 190), lfw_images)
     fast = FaceAligner(spec, upsample="auto", faces="all")

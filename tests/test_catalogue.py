@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import facenet_cli
-from facenet_cli.align_specs import SPECS
-from facenet_cli.catalogue import CATALOGUE, ModelRecord, list_models
-from facenet_cli.embed import Embedder
-from facenet_cli.hub import status
+from facenet_cli.align.specs import SPECS
+from facenet_cli.models.catalogue import CATALOGUE, ModelRecord, list_models
+from facenet_cli.nets.embedder import Embedder
+from facenet_cli.models.hub import status
 
 
 def test_public_api_names_resolve_to_their_modules_objects():
@@ -45,8 +45,8 @@ def test_model_builds_and_embeds_to_its_dimension(name):
 # --- support files: every file the engine loads is a record with a checksum -------------------
 
 def test_every_dlib_file_the_engine_loads_is_catalogued_with_its_checksum():
-    from facenet_cli import resources
-    from facenet_cli.catalogue import MODEL_FILES, all_files, file_entry
+    from facenet_cli.models import resources
+    from facenet_cli.models.catalogue import MODEL_FILES, all_files, file_entry
 
     loaded = [resources.SHAPE_PREDICTOR_68, resources.SHAPE_PREDICTOR_5, resources.CNN_FACE_DETECTOR,
               resources.DLIB_RESNET]
@@ -61,8 +61,8 @@ def test_every_dlib_file_the_engine_loads_is_catalogued_with_its_checksum():
 
 
 def test_align_verifies_exactly_the_files_its_aligner_loads():
-    from facenet_cli import resources
-    from facenet_cli.align_specs import get_spec
+    from facenet_cli.models import resources
+    from facenet_cli.align.specs import get_spec
 
     assert resources.align_model_files(get_spec("dlib-chip"), "hog") == [resources.SHAPE_PREDICTOR_5]
     assert resources.align_model_files(get_spec("outerEyesAndNose"), "hog+cnn") == [
@@ -72,7 +72,7 @@ def test_align_verifies_exactly_the_files_its_aligner_loads():
 
 
 def test_registering_a_support_file_twice_or_of_an_unknown_kind_is_refused():
-    from facenet_cli.catalogue import MODEL_FILES, ModelFile, register_file
+    from facenet_cli.models.catalogue import MODEL_FILES, ModelFile, register_file
 
     existing = MODEL_FILES["dlib-landmarks-5"]
     with pytest.raises(ValueError, match="twice"):

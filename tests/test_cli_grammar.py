@@ -55,8 +55,8 @@ def test_help_of_every_command_loads_no_engine():
 
 
 def test_enums_match_the_engine():
-    from facenet_cli.align import FACE_POLICIES, FALLBACKS
-    from facenet_cli.align_specs import SPECS
+    from facenet_cli.align.aligner import FACE_POLICIES, FALLBACKS
+    from facenet_cli.align.specs import SPECS
     from facenet_cli.detect import DETECTORS
     from facenet_cli.nets.nn4 import ARCHITECTURE_NAMES
     from facenet_cli.training.miners import MINERS

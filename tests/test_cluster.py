@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facenet_cli.cluster import (CLUSTERS_FILE, SHEET_FILE, SUMMARY_FILE, average_linkage, block_rows_for,
+from facenet_cli.recognition.cluster import (CLUSTERS_FILE, SHEET_FILE, SUMMARY_FILE, average_linkage, block_rows_for,
                                  cluster_embeddings, cluster_faces, knn_graph, label_clusters, pairwise_f,
                                  read_clusters_csv)
 
@@ -62,7 +62,7 @@ def test_real_people_cluster_at_the_calibrated_threshold(lfw_reps, reps_data, tm
 
 
 def test_each_person_lands_mostly_in_one_cluster(reps_data):
-    from facenet_cli.catalogue import DLIB_CLUSTER_POINTS
+    from facenet_cli.models.catalogue import DLIB_CLUSTER_POINTS
 
     labels = cluster_embeddings(reps_data.embeddings, DLIB_CLUSTER_POINTS["threshold"])
     people = np.array(reps_data.people)

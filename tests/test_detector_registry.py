@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facenet_cli import choices, resources
-from facenet_cli.align import FaceAligner, LandmarkPredictor
-from facenet_cli.align_specs import get_spec
+from facenet_cli import choices
+
+from facenet_cli.models import resources
+from facenet_cli.align.aligner import FaceAligner, LandmarkPredictor
+from facenet_cli.align.specs import get_spec
 from facenet_cli.detect import (DLIB_5, FaceBox, FaceDetector, create_detector, detector_files, detector_names,
                                 register_detector, unregister_detector)
 from facenet_cli.detect.hog import HogStage
@@ -124,7 +126,7 @@ def test_a_fallback_box_without_landmarks_gets_the_predictor(landmark_detector):
 def test_align_tree_with_a_detector_registered_at_run_time(landmark_detector, lfw_files, tmp_path):
     """The library's batch path (AlignJob, two forked workers) takes the new name; the aligned
     PNGs are the very files of --detector hog."""
-    from facenet_cli.jobs import AlignJob, align_tree
+    from facenet_cli.align.job import AlignJob, align_tree
 
     raw = tmp_path / "raw"
     for path in lfw_files[:6]:
@@ -173,7 +175,7 @@ def test_a_runtime_detector_is_listed_but_not_a_cli_choice(landmark_detector):
 
 
 def test_an_unknown_detector_is_one_sentence():
-    from facenet_cli.jobs import AlignJob
+    from facenet_cli.align.job import AlignJob
 
     for build in (lambda: create_detector("yolo"), lambda: FaceAligner(get_spec("dlib-chip"), detector="yolo"),
                   lambda: AlignJob(get_spec("dlib-chip"), detector="yolo"),

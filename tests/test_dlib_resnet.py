@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from facenet_cli import resources
-from facenet_cli.catalogue import get_record
+from facenet_cli.models import resources
+from facenet_cli.models.catalogue import get_record
 from facenet_cli.errors import DataError
 from facenet_cli.nets import build_network
 from facenet_cli.nets.dlib_resnet import (DlibStream, load_dlib_resnet, max_pool_unpadded, read_dlib_net,

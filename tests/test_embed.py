@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from facenet_cli.catalogue import get_record
-from facenet_cli.embed import Embedder, normalise, squared_distances
+from facenet_cli.models.catalogue import get_record
+from facenet_cli.nets.embedder import Embedder, normalise, squared_distances
 from facenet_cli.errors import SpecMismatch, UsageError
 from tests._dlib_chips import lfw_chips
 
@@ -43,7 +43,7 @@ def test_embeddings_have_unit_length(embedder, chips):
 def test_raw_vectors_are_dlibs(embedder, chips):
     import dlib
 
-    from facenet_cli import resources
+    from facenet_cli.models import resources
 
     reference = dlib.face_recognition_model_v1(str(resources.dlib_model_path(resources.DLIB_RESNET)))
     expected = np.array(reference.compute_face_descriptor(chips[0], num_jitters=0), dtype=np.float32)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facenet_cli.align_specs import get_spec
-from facenet_cli.aligned import read_report
+from facenet_cli.align.specs import get_spec
+from facenet_cli.formats.aligned import read_report
 from facenet_cli.atomic import is_temp_name
-from facenet_cli.jobs import AlignJob, align_tree
+from facenet_cli.align.job import AlignJob, align_tree
 
 from .helpers import copy_people, png_decodes_fully
 
@@ -175,7 +175,7 @@ def test_the_portable_parent_watch_ends_an_orphaned_worker(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import multiprocessing as mp, os, sys, time\n"
-        "from facenet_cli.jobs import die_with_parent\n"
+        "from facenet_cli.align.job import die_with_parent\n"
         "def child(parent):\n"
         "    die_with_parent(parent, use_prctl=False)\n"
         "    time.sleep(120)\n"

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from facenet_cli import hub, resources
-from facenet_cli.catalogue import CATALOGUE, DEFAULT_MODEL, MODEL_FILES, file_entry
+from facenet_cli.models import hub
+
+from facenet_cli.models import resources
+from facenet_cli.models.catalogue import CATALOGUE, DEFAULT_MODEL, MODEL_FILES, file_entry
 from facenet_cli.errors import ChecksumMismatch, UsageError
 
 from .helpers import copy_people
@@ -67,7 +69,7 @@ def error_line(stderr: str) -> str:
 
 @pytest.mark.parametrize("how", ["flipped", "truncated"])
 def test_damaged_landmarks_file_is_refused_before_dlib_reads_it(dlib_models, how):
-    from facenet_cli.align import LandmarkPredictor
+    from facenet_cli.align.aligner import LandmarkPredictor
 
     bad = dlib_models(resources.SHAPE_PREDICTOR_5, how)
     with pytest.raises(ChecksumMismatch) as info:
@@ -90,7 +92,7 @@ def test_damaged_cnn_detector_is_refused(dlib_models):
 
 
 def test_damaged_resnet_is_refused_by_the_embedder(dlib_models):
-    from facenet_cli.embed import Embedder
+    from facenet_cli.nets.embedder import Embedder
 
     dlib_models(resources.DLIB_RESNET, "truncated")
     with pytest.raises(ChecksumMismatch, match="dlib-resnet.v1 model file .* is damaged"):
@@ -119,7 +121,7 @@ def test_align_with_a_damaged_landmarks_file_ends_in_one_sentence(dlib_models, l
 
 
 def test_align_verifies_in_the_parent_before_any_worker_starts(dlib_models):
-    from facenet_cli.align_specs import get_spec
+    from facenet_cli.align.specs import get_spec
 
     dlib_models(resources.SHAPE_PREDICTOR_68)
     assert resources.verify_align_models(get_spec("dlib-chip"), "cnn")  # 5 points + CNN: both fine
@@ -178,7 +180,7 @@ def test_a_file_changed_after_it_was_verified_is_hashed_again_and_refused(dlib_m
     import os
     import time
 
-    from facenet_cli.align import LandmarkPredictor
+    from facenet_cli.align.aligner import LandmarkPredictor
 
     good = dlib_models.originals[resources.SHAPE_PREDICTOR_5].read_bytes()
     target = dlib_models(resources.SHAPE_PREDICTOR_5, "flipped")

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facenet_cli.align_specs import get_spec
-from facenet_cli.jobs import AlignJob, align_tree
-from facenet_cli.reps import RepsWriter, read_reps
+from facenet_cli.align.specs import get_spec
+from facenet_cli.align.job import AlignJob, align_tree
+from facenet_cli.formats.reps import RepsWriter, read_reps
 
 from .conftest import fill_disk
 from .helpers import copy_people

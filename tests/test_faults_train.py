@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from facenet_cli.checkpoints import load_checkpoint
+from facenet_cli.formats.checkpoints import load_checkpoint
 from facenet_cli.cli import app
 from facenet_cli.training.train import train
 

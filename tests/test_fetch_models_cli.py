@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests._weights_server import cache, PAYLOAD, serve  # noqa: F401 (cache: autouse fixture)
-from facenet_cli import hub
-from facenet_cli.catalogue import CATALOGUE, DEFAULT_MODEL
+from facenet_cli.models import hub
+from facenet_cli.models.catalogue import CATALOGUE, DEFAULT_MODEL
 from facenet_cli.cli import app
 
 runner = CliRunner()

@@ -79,7 +79,7 @@ def test_adding_again_embeds_nothing_and_refuses_the_same_image(enrolled, known,
     # The same image under another person's name and file name is still the same image.
     (tmp_path / "again" / "Someone_Else").mkdir(parents=True)
     shutil.copy(next((known / "Tony_Blair").iterdir()), tmp_path / "again" / "Someone_Else" / "renamed.jpg")
-    from facenet_cli import embed
+    from facenet_cli.nets import embedder as embed
 
     calls = []
     original = embed.Embedder.embed
@@ -129,7 +129,7 @@ def test_remove_move_and_export_round_trip(enrolled, tmp_path, run_cli):
 
     exported = run_cli("gallery", "export", path, tmp_path / "reps")
     assert exported.exit_code == 0, exported.stderr
-    from facenet_cli.reps import read_reps
+    from facenet_cli.formats.reps import read_reps
 
     reps = read_reps(tmp_path / "reps")
     assert sorted(set(reps.people)) == ["Colin_Powell", "Tony_Blair", "Zo\u00eb Blair"]
@@ -199,7 +199,7 @@ def test_refuses_another_model_or_flip_setting(enrolled, tmp_path, run_cli, know
     # A represent output of another model (OpenFace's alignment and weights) is refused.
     run_cli("gallery", "export", copy, tmp_path / "reps")
     meta = json.loads((tmp_path / "reps" / "meta.json").read_text())
-    from facenet_cli.align_specs import get_spec
+    from facenet_cli.align.specs import get_spec
 
     meta["model"] = dict(meta["model"], name="nn4.small2.v1", align=get_spec("outerEyesAndNose").to_dict(),
                          weights={"filename": "nn4.small2.v1.t7", "sha256": "0" * 64})
@@ -271,7 +271,7 @@ def test_two_processes_adding_at_once_both_land(known, tmp_path):
 
 def test_python_api_names(enrolled):
     from facenet_cli import Gallery
-    from facenet_cli.gallery import name_problem, normalise_name
+    from facenet_cli.store.gallery import name_problem, normalise_name
 
     assert normalise_name("Jose\u0301") == unicodedata.normalize("NFC", "Jos\u00e9")
     assert name_problem("Ren\u00e9e O'Hara-Smith") is None
@@ -340,7 +340,7 @@ def test_aligned_crops_and_links_to_them_are_enrolled_as_they_are(known, tmp_pat
         report = json.loads(result.stdout)
         assert report["counts"]["added"] == report["inputs"] == sum(PEOPLE.values())
         from facenet_cli import Gallery
-        from facenet_cli.reps import read_reps
+        from facenet_cli.formats.reps import read_reps
 
         expected = read_reps(reps)
         by_name = {Path(p).name: v for p, v in zip(expected.paths, expected.embeddings)}
@@ -369,8 +369,8 @@ def test_photos_are_embedded_in_batches_equal_to_one_at_a_time(known, tmp_path, 
     transaction; the faces equal those of a one-at-a-time run, outcomes stay in input order, and
     the same image twice in one batch is embedded once."""
     from facenet_cli import Gallery
-    from facenet_cli.embed import Embedder
-    from facenet_cli.gallery import add_to_gallery, plan_known_folder
+    from facenet_cli.nets.embedder import Embedder
+    from facenet_cli.store.gallery import add_to_gallery, plan_known_folder
 
     folder = tmp_path / "known"
     shutil.copytree(known, folder)

@@ -41,7 +41,7 @@ def known(lfw_images, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def enrolled(known, tmp_path_factory) -> Path:
     """The six photos enrolled once, from their own folder's parent (sources relative)."""
-    from facenet_cli.gallery import add_to_gallery
+    from facenet_cli.store.gallery import add_to_gallery
 
     path = tmp_path_factory.mktemp("gallery") / "people.gallery"
     cwd = os.getcwd()
@@ -184,7 +184,7 @@ def test_reps_rows_are_keyed_by_their_image_found_from_the_reps_folder(known, tm
     folder its meta.json records, so each row is keyed by its crop's SHA-256 (not the vector's
     digest) and those crops added later are the same images."""
     from facenet_cli import Gallery
-    from facenet_cli.hub import file_sha256
+    from facenet_cli.models.hub import file_sha256
 
     work = tmp_path / "work"
     shutil.copytree(known, work / "known")
@@ -251,7 +251,7 @@ def test_export_writes_a_gallery_holding_an_odd_source(enrolled, tmp_path, run_c
     exported = run_cli("gallery", "export", gallery, tmp_path / "export", "--json")
     assert exported.exit_code == 0, exported.stderr
     assert json.loads(exported.stdout)["faces"] == faces
-    from facenet_cli.reps import read_reps
+    from facenet_cli.formats.reps import read_reps
 
     reps = read_reps(tmp_path / "export")
     assert "known/Tony_Blair/odd\ufffdname\ufffd.jpg" in reps.paths and reps.people.count("Tony_Blair") == 3

@@ -1,4 +1,4 @@
-"""The gallery's store (facenet_cli/gallery.py `Gallery`, face_index.py): names, read-only galleries,
+"""The gallery's store (facenet_cli/store/gallery.py `Gallery`, face_index.py): names, read-only galleries,
 SQLite errors by class, the file made by the first face, damaged `info` rows, the search index
 bound to the gallery's own writes, and face ids on the command line. Real LFW faces, real SQLite,
 real (tmpfs) file systems."""
@@ -26,7 +26,7 @@ def known(lfw_images, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def enrolled(known, tmp_path_factory) -> Path:
-    from facenet_cli.gallery import add_to_gallery
+    from facenet_cli.store.gallery import add_to_gallery
 
     path = tmp_path_factory.mktemp("gallery") / "people.gallery"
     assert add_to_gallery(path, [known]).counts()["added"] == sum(PEOPLE.values())
@@ -74,7 +74,7 @@ def set_info(path: Path, key: str, value: str | None) -> None:
 @pytest.mark.parametrize("name", ["Ada\n", "\nAda", "Ada\r", "Ada\u2028", "\u200bAda", "A\u0007da", "Ada\u2029 B"])
 def test_control_characters_anywhere_in_a_name_are_refused(known, tmp_path, run_cli, name):
     """A line break at either end used to be stripped away silently (the name enrolled as `Ada`)."""
-    from facenet_cli.gallery import name_problem
+    from facenet_cli.store.gallery import name_problem
 
     assert name_problem(name) and "control character" in name_problem(name)
     result = run_cli("gallery", "add", tmp_path / "g.gallery", "--name", name, photo_of(known, "Colin_Powell"))
@@ -102,7 +102,7 @@ def test_a_person_folder_with_a_line_break_is_a_bad_name_outcome(known, tmp_path
 ])
 def test_names_are_checked_in_nfkc(known, tmp_path, run_cli, name, fragment):
     from facenet_cli.errors import UsageError
-    from facenet_cli.gallery import normalise_name
+    from facenet_cli.store.gallery import normalise_name
 
     with pytest.raises(UsageError, match=fragment):
         normalise_name(name)
@@ -112,7 +112,7 @@ def test_names_are_checked_in_nfkc(known, tmp_path, run_cli, name, fragment):
 
 def test_names_are_stored_in_nfkc_and_found_in_any_form(known, tmp_path, run_cli):
     from facenet_cli import Gallery
-    from facenet_cli.gallery import normalise_name
+    from facenet_cli.store.gallery import normalise_name
 
     assert normalise_name(" \uff27\uff52\uff41\uff43\uff45 ") == "Grace"
     assert normalise_name("Jose\u0301") == "Jos\u00e9"
@@ -227,7 +227,7 @@ def sqlite_error(fn) -> sqlite3.Error:
 def test_every_sqlite_error_class_has_its_sentence_by_code(tmp_path):
     """Real SQLite errors of each class are told apart by their code, not their text."""
     from facenet_cli.errors import DataError, DiskFull, FacenetError, WriteError
-    from facenet_cli.gallery import _translate_errors
+    from facenet_cli.store.gallery import _translate_errors
 
     def translated(exc: sqlite3.Error) -> FacenetError:
         with pytest.raises(FacenetError) as caught:
@@ -390,9 +390,9 @@ def test_a_deleted_model_record_is_refused_not_taken_for_an_empty_gallery(galler
 
 def test_an_index_from_a_diverged_copy_is_rebuilt(gallery, lfw_images, tmp_path, engine):
     from facenet_cli import Gallery
-    from facenet_cli.face_index import index_path
-    from facenet_cli.gallery import add_to_gallery, remove_from_gallery
-    from facenet_cli.identification import search_gallery
+    from facenet_cli.store.face_index import index_path
+    from facenet_cli.store.gallery import add_to_gallery, remove_from_gallery
+    from facenet_cli.recognition.identify import search_gallery
 
     aligner, embedder = engine
     query = sorted((lfw_images / "Tony_Blair").iterdir())[5]  # not in the gallery
@@ -433,7 +433,7 @@ def test_an_index_from_a_diverged_copy_is_rebuilt(gallery, lfw_images, tmp_path,
 
 
 def test_parse_face_id():
-    from facenet_cli.gallery import parse_face_id
+    from facenet_cli.store.gallery import parse_face_id
 
     assert parse_face_id("12") == 12 and parse_face_id("0") == 0 and parse_face_id(" 7 ") == 7
     for text in ("\u0661\u0662", "\uff11\uff12", "+1", "-1", "1_000", "1.0", "", " ", "0x10", "\u00b2", "12a"):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests._weights_server import cache, PAYLOAD, PAYLOAD_SHA256, serve  # noqa: F401 (cache: autouse fixture)
-from facenet_cli import hub
-from facenet_cli.catalogue import CATALOGUE, DEFAULT_MODEL, WeightsSource
-from facenet_cli.checkpoints import load_checkpoint, save_checkpoint
+from facenet_cli.models import hub
+from facenet_cli.models.catalogue import CATALOGUE, DEFAULT_MODEL, WeightsSource
+from facenet_cli.formats.checkpoints import load_checkpoint, save_checkpoint
 from facenet_cli.errors import ChecksumMismatch, DataError, DownloadError, UnknownModel, UsageError
 
 

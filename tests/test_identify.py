@@ -41,7 +41,7 @@ def photos(lfw_images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gallery(photos, tmp_path_factory):
-    from facenet_cli.gallery import add_to_gallery
+    from facenet_cli.store.gallery import add_to_gallery
 
     path = tmp_path_factory.mktemp("g") / "people.gallery"
     report = add_to_gallery(path, [photos[0]])
@@ -150,7 +150,7 @@ def test_bad_input(gallery, photos, tmp_path, run_cli, examples_dir):
 def test_one_person_gallery(gallery, photos, tmp_path, engine):
     from facenet_cli import identify
     from facenet_cli.errors import UsageError
-    from facenet_cli.gallery import Gallery
+    from facenet_cli.store.gallery import Gallery
 
     one = tmp_path / "one.gallery"
     shutil.copy(gallery, one)
@@ -168,8 +168,8 @@ def test_one_person_gallery(gallery, photos, tmp_path, engine):
 
 
 def test_calibrated_curve_tightens_with_gallery_size():
-    from facenet_cli.catalogue import get_record
-    from facenet_cli.identification import operating_curve
+    from facenet_cli.models.catalogue import get_record
+    from facenet_cli.recognition.identify import operating_curve
 
     curve = operating_curve(get_record("dlib-resnet.v1"))
     assert curve is not None and curve.default_far == 0.01

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facenet_cli.align import FaceAligner
-from facenet_cli.align_specs import get_spec
+from facenet_cli.align.aligner import FaceAligner
+from facenet_cli.align.specs import get_spec
 from facenet_cli.errors import BadImage
 from facenet_cli.images import gray_to_uint8, read_rgb
 

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from facenet_cli.cli import app
 from facenet_cli.errors import DataError, UsageError
-from facenet_cli.lfw import pair_distances, path_key, processed_people, read_comparisons, read_pairs
-from facenet_cli.lfw_report import evaluate_lfw, model_label
-from facenet_cli.reps import Reps, RepsWriter, read_reps
-from facenet_cli.verification import (best_threshold, equal_error_rate, evaluate_distances,
+from facenet_cli.evaluate.lfw import pair_distances, path_key, processed_people, read_comparisons, read_pairs
+from facenet_cli.evaluate.report import evaluate_lfw, model_label
+from facenet_cli.formats.reps import Reps, RepsWriter, read_reps
+from facenet_cli.evaluate.verification import (best_threshold, equal_error_rate, evaluate_distances,
                                       mean_roc, roc_curve, threshold_at_far)
 
 PER_FOLD = 3
@@ -403,7 +403,7 @@ def test_mean_roc_is_the_pointwise_mean_of_the_folds(seed):
     rocs = [roc_curve(*random_pairs(rng, int(rng.integers(6, 40)))) for _ in range(5)]
     fpr, tpr = mean_roc(rocs)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= -1e-12)
-    from facenet_cli.verification import curve_auc
+    from facenet_cli.evaluate.verification import curve_auc
 
     assert curve_auc(fpr, tpr) == pytest.approx(np.mean([r.auc for r in rocs]), abs=1e-12)
     for x in rng.random(25):
@@ -421,7 +421,7 @@ def test_cross_validation_against_brute_force():
     rng = np.random.default_rng(9)
     distance, same = random_pairs(rng, 200)
     fold = np.repeat(np.arange(10), 20)
-    from facenet_cli.verification import PairDistances
+    from facenet_cli.evaluate.verification import PairDistances
 
     pd = PairDistances(distance, same, np.zeros(200, bool), [])
     result = evaluate_distances(pd, fold)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facenet_cli.checkpoints import save_checkpoint
+from facenet_cli.formats.checkpoints import save_checkpoint
 from facenet_cli.errors import DataError, UnknownModel
 from facenet_cli.nets.nn4 import ARCHITECTURE_NAMES, FaceNetInception, build_nn4, default_record
 

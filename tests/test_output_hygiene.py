@@ -70,7 +70,7 @@ def tree(lfw_images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gallery(tree):
-    from facenet_cli.gallery import add_to_gallery
+    from facenet_cli.store.gallery import add_to_gallery
 
     path = tree / "people.gallery"
     assert add_to_gallery(path, [tree / "known"]).counts()["added"] == 3 * len(PEOPLE)
@@ -180,7 +180,7 @@ def test_identify_csv_cells_are_neutralised_and_candidates_are_json(gallery, tre
 
 
 def test_spreadsheet_text():
-    from facenet_cli.identification import spreadsheet_text
+    from facenet_cli.recognition.identify import spreadsheet_text
 
     for risky in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"):
         assert spreadsheet_text(risky) == "'" + risky

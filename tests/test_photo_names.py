@@ -37,7 +37,7 @@ def tree(lfw_images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gallery(tree):
-    from facenet_cli.gallery import add_to_gallery
+    from facenet_cli.store.gallery import add_to_gallery
 
     path = tree / "people.gallery"
     assert add_to_gallery(path, [tree / "known"]).counts()["added"] == 3 * len(PEOPLE)
@@ -90,7 +90,7 @@ def test_search_names_the_photo_as_given(run_cli, gallery, tree):
 
 
 def test_cluster_names_photos_relative_to_source(run_cli, tree, tmp_path):
-    from facenet_cli.cluster import CLUSTERS_FILE, SUMMARY_FILE, read_clusters_csv
+    from facenet_cli.recognition.cluster import CLUSTERS_FILE, SUMMARY_FILE, read_clusters_csv
 
     out = tmp_path / "out"
     summary = _json(run_cli("cluster", tree / "val", out, "--json", "--device", "cpu"))
@@ -116,7 +116,7 @@ def test_a_link_loop_gives_each_photo_once(run_cli, gallery, examples_dir, tmp_p
     assert [(f["photo"], f["face"]) for f in data["faces"]] == [("one.jpg", 0), ("one.jpg", 1)]
     assert list(data["problems"]) == ["up"] and "link to a folder" in data["problems"]["up"]
 
-    from facenet_cli.cluster import CLUSTERS_FILE, read_clusters_csv
+    from facenet_cli.recognition.cluster import CLUSTERS_FILE, read_clusters_csv
 
     out = tmp_path / "out"
     summary = _json(run_cli("cluster", p, out, "--json", "--device", "cpu"))

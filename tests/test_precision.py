@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facenet_cli.catalogue import get_record
-from facenet_cli.embed import Embedder
+from facenet_cli.models.catalogue import get_record
+from facenet_cli.nets.embedder import Embedder
 from facenet_cli.errors import UsageError
 from tests._dlib_chips import photo_chips
 

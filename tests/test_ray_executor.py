@@ -76,8 +76,8 @@ def photos(lfw_images, tmp_path_factory) -> Path:
 def local(photos, tmp_path_factory):
     """The local executor's outputs: aligned crops and their representation."""
     from facenet_cli.cli._app import load_embedder
-    from facenet_cli.jobs import AlignJob, align_tree
-    from facenet_cli.represent import represent_tree
+    from facenet_cli.align.job import AlignJob, align_tree
+    from facenet_cli.pipeline.represent import represent_tree
 
     out = tmp_path_factory.mktemp("ray-local")
     embedder = load_embedder("dlib-resnet.v1", "cpu", 4)
@@ -99,7 +99,7 @@ def temp_files(folder: Path) -> list[str]:
 
 def assert_same_reps(ours: Path, ours_aligned: Path, theirs: Path, theirs_aligned: Path) -> None:
     """The same faces in the same order with the same class ids, embeddings within the tolerance."""
-    from facenet_cli.reps import read_reps
+    from facenet_cli.formats.reps import read_reps
 
     a, b = read_reps(ours), read_reps(theirs)
     assert [Path(p).relative_to(ours_aligned) for p in a.paths] == [Path(p).relative_to(theirs_aligned)
@@ -200,9 +200,9 @@ def test_represent_photos_command_on_ray_matches_local(cluster, photos, local, t
 # ---------------------------------------------------------------- a worker dies mid-run
 
 def test_align_survives_a_killed_worker(cluster, photos, local, tmp_path):
-    from facenet_cli.jobs import AlignJob, align_tree
-    from facenet_cli.ray_executor import RayExecutor
-    from facenet_cli.catalogue import CATALOGUE
+    from facenet_cli.align.job import AlignJob, align_tree
+    from facenet_cli.executors.ray import RayExecutor
+    from facenet_cli.models.catalogue import CATALOGUE
 
     out = tmp_path / "aligned"
     seen: list[str] = []
@@ -227,8 +227,8 @@ def test_align_survives_a_killed_worker(cluster, photos, local, tmp_path):
 
 def test_represent_survives_a_killed_actor(cluster, local, tmp_path):
     from facenet_cli.cli._app import load_embedder
-    from facenet_cli.ray_executor import RayExecutor
-    from facenet_cli.represent import represent_tree
+    from facenet_cli.executors.ray import RayExecutor
+    from facenet_cli.pipeline.represent import represent_tree
 
     embedder = load_embedder("dlib-resnet.v1", "cpu", 4, engine="auto")
     killed: list[int] = []

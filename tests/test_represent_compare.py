@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from facenet_cli.align_specs import get_spec
+from facenet_cli.align.specs import get_spec
 from facenet_cli.cli import app
-from facenet_cli.jobs import AlignJob, align_tree
-from facenet_cli.reps import read_reps
+from facenet_cli.align.job import AlignJob, align_tree
+from facenet_cli.formats.reps import read_reps
 
 from .helpers import copy_people
 
@@ -258,10 +258,10 @@ def test_represent_photos_embeds_the_crops_while_aligning(aligned_chips, tmp_pat
     thread of this process (CropsEmbedder), or with a worker per core in the align workers
     themselves (WorkerEmbedding); it reads from disk only the crops an earlier run aligned, and
     the rows equal represent_tree's either way."""
-    import facenet_cli.represent as represent_module
-    from facenet_cli.embed import Embedder
-    from facenet_cli.hub import resolve_model
-    from facenet_cli.represent import represent_photos, represent_tree
+    import facenet_cli.pipeline.represent as represent_module
+    from facenet_cli.nets.embedder import Embedder
+    from facenet_cli.models.hub import resolve_model
+    from facenet_cli.pipeline.represent import represent_photos, represent_tree
 
     embedder = Embedder(resolve_model("dlib-resnet.v1"), device="cpu", batch_size=4, engine="torch")
     job = AlignJob(spec=embedder.record.align)

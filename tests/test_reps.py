@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from facenet_cli.errors import DataError, UsageError
-from facenet_cli.reps import RepsWriter, file_sha256, read_reps
+from facenet_cli.formats.reps import RepsWriter, file_sha256, read_reps
 
 DIM = 4
 

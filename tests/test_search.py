@@ -1,4 +1,4 @@
-"""`facenet search` and the gallery's search index (facenet_cli/face_index.py) on real LFW faces:
+"""`facenet search` and the gallery's search index (facenet_cli/store/face_index.py) on real LFW faces:
 the index answers what exact search answers, stays current as the gallery changes, and a stale,
 damaged or other-model index is rebuilt from the gallery, never trusted."""
 from __future__ import annotations
@@ -37,7 +37,7 @@ def photos(lfw_images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_gallery(photos, tmp_path_factory):
-    from facenet_cli.gallery import add_to_gallery
+    from facenet_cli.store.gallery import add_to_gallery
 
     path = tmp_path_factory.mktemp("g") / "people.gallery"
     assert add_to_gallery(path, [photos[0]]).counts()["added"] == 3 * len(KNOWN)
@@ -53,20 +53,20 @@ def gallery(base_gallery, tmp_path):
 
 
 def header_of(gallery: Path) -> dict:
-    from facenet_cli.face_index import index_path, read_index
+    from facenet_cli.store.face_index import index_path, read_index
 
     return read_index(index_path(gallery)).header
 
 
 def search(gallery, query, engine, **options):
-    from facenet_cli.identification import search_gallery
+    from facenet_cli.recognition.identify import search_gallery
 
     aligner, embedder = engine
     return search_gallery(gallery, query, aligner=aligner, embedder=embedder, **options)
 
 
 def test_search_cli_lists_the_most_similar_faces_and_builds_then_uses_the_index(gallery, photos, run_cli):
-    from facenet_cli.face_index import index_path
+    from facenet_cli.store.face_index import index_path
 
     query = photos[1] / "Tony_Blair_0004.jpg"
     first = run_cli("search", gallery, query, "--top", "4", "--index", "always", "--json")
@@ -90,8 +90,8 @@ def test_search_cli_lists_the_most_similar_faces_and_builds_then_uses_the_index(
 
 
 def test_index_kept_current_after_add_remove_and_move(gallery, photos, engine):
-    from facenet_cli.face_index import index_path, read_index
-    from facenet_cli.gallery import Gallery, add_to_gallery, move_in_gallery, remove_from_gallery
+    from facenet_cli.store.face_index import index_path, read_index
+    from facenet_cli.store.gallery import Gallery, add_to_gallery, move_in_gallery, remove_from_gallery
 
     assert search(gallery, photos[1] / "Colin_Powell_0004.jpg", engine, use_index="always").search == "index (built)"
     # Add a new person's photo (the real path: detect, embed, enrol): the index is patched, not rebuilt.
@@ -125,7 +125,7 @@ def test_index_kept_current_after_add_remove_and_move(gallery, photos, engine):
 
 
 def test_stale_index_is_rebuilt_not_trusted(gallery, photos, engine):
-    from facenet_cli.gallery import Gallery
+    from facenet_cli.store.gallery import Gallery
 
     query = photos[1] / "Donald_Rumsfeld_0004.jpg"
     search(gallery, query, engine, use_index="always")
@@ -148,7 +148,7 @@ def test_stale_index_is_rebuilt_not_trusted(gallery, photos, engine):
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped-byte", "garbage", "empty"])
 def test_damaged_index_is_rebuilt(gallery, photos, engine, damage):
-    from facenet_cli.face_index import index_path
+    from facenet_cli.store.face_index import index_path
 
     query = photos[1] / "George_W_Bush_0004.jpg"
     exact = search(gallery, query, engine, use_index="never", top=5)
@@ -173,8 +173,8 @@ def test_damaged_index_is_rebuilt(gallery, photos, engine, damage):
 def test_index_of_another_model_is_refused_and_rebuilt(gallery, photos, engine):
     from dataclasses import replace
 
-    from facenet_cli.face_index import FaceIndex, index_path, write_index
-    from facenet_cli.gallery import Gallery
+    from facenet_cli.store.face_index import FaceIndex, index_path, write_index
+    from facenet_cli.store.gallery import Gallery
 
     with Gallery(gallery) as g:
         state, enrolment = g.snapshot()
@@ -209,7 +209,7 @@ def test_identify_with_the_index_answers_as_exact(gallery, photos, engine):
 def test_search_bad_input_one_sentence(gallery, photos, lfw_images, tmp_path, run_cli):
     from PIL import Image
 
-    from facenet_cli.face_index import index_path
+    from facenet_cli.store.face_index import index_path
 
     query = photos[1] / "Tony_Blair_0004.jpg"
     with Image.open(lfw_images / "Colin_Powell" / "Colin_Powell_0001.jpg") as image:
@@ -263,7 +263,7 @@ def test_refine_by_person_makes_the_first_persons_faces_exact(grouped):
     faces of other people the index found stay in the list in distance order."""
     from types import SimpleNamespace
 
-    from facenet_cli.identification import refine_by_person
+    from facenet_cli.recognition.identify import refine_by_person
 
     rng = np.random.default_rng(3)
     people = np.repeat(np.arange(6), 40)

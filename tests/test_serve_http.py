@@ -12,8 +12,8 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from facenet_cli.gallery import Gallery
-from facenet_cli.identification import identify
+from facenet_cli.store.gallery import Gallery
+from facenet_cli.recognition.identify import identify
 from facenet_cli.images import read_rgb
 from facenet_cli.serve.app import CSRF_HEADER, ServeConfig, create_app
 from facenet_cli.serve.engine import Engine
@@ -400,7 +400,7 @@ def test_loopback_and_printed_url():
 def test_edits_through_the_server_keep_the_search_index_current(engine, lfw_images):
     """Enrolling, moving and removing faces through the server patch the gallery's search index
     (no stale index left for the next search to rebuild)."""
-    from facenet_cli.face_index import index_path, read_index, stale_reason
+    from facenet_cli.store.face_index import index_path, read_index, stale_reason
 
     def index_is_current() -> bool:
         with Gallery(engine.gallery_path) as gallery:
@@ -408,7 +408,7 @@ def test_edits_through_the_server_keep_the_search_index_current(engine, lfw_imag
 
     with Gallery(engine.gallery_path) as gallery:
         state, enrolment = gallery.snapshot()
-        from facenet_cli.face_index import current_index
+        from facenet_cli.store.face_index import current_index
 
         current_index(gallery, state, enrolment)  # build and save the index the way a reader does
     assert index_is_current()

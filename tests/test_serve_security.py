@@ -29,7 +29,7 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from facenet_cli.gallery import Gallery
+from facenet_cli.store.gallery import Gallery
 from facenet_cli.images import read_rgb
 from facenet_cli.serve.app import CSRF_HEADER, ServeConfig, create_app
 from facenet_cli.serve.engine import Engine
@@ -209,7 +209,7 @@ def test_unknown_faces_name_no_one_unless_asked(engine, lfw_images):
 
 def test_answers_are_strict_json():
     """NaN or infinite numbers become null: a JSON answer never holds NaN or Infinity."""
-    from facenet_cli.identification import Answer, Candidate
+    from facenet_cli.recognition.identify import Answer, Candidate
 
     answer = Answer(name="unknown", person="Ada", distance=float("nan"), score=float("inf"), far=float("nan"),
                     candidates=[Candidate("Ada", float("inf"))])

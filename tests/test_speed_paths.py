@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facenet_cli.catalogue import get_record
-from facenet_cli.embed import SMALL_JOB_PASSES, Embedder, jitter_matrices, jittered
+from facenet_cli.models.catalogue import get_record
+from facenet_cli.nets.embedder import SMALL_JOB_PASSES, Embedder, jitter_matrices, jittered
 from tests._dlib_chips import lfw_chips
 
 RECORD = get_record("dlib-resnet.v1")
@@ -75,7 +75,7 @@ def test_tta_averages_jittered_copies(chips, torch_embedder):
 def test_cached_hog_detector_finds_the_same_faces(lfw_images, tmp_path, monkeypatch):
     import dlib
 
-    from facenet_cli.hub import cached_hog_detector, hog_detector_cache
+    from facenet_cli.models.hub import cached_hog_detector, hog_detector_cache
     from facenet_cli.images import read_rgb
 
     monkeypatch.setenv("FACENET_CACHE", str(tmp_path))
@@ -117,8 +117,8 @@ def test_compare_of_two_photos_imports_no_torch(examples_dir, torch_embedder, tm
     assert "TORCH False 0" in done.stderr, done.stderr
     result = json.loads(done.stdout)
     # The same distance as the PyTorch network gives on the same faces.
-    from facenet_cli.align import FaceAligner
-    from facenet_cli.compare import compare_photos
+    from facenet_cli.align.aligner import FaceAligner
+    from facenet_cli.recognition.compare import compare_photos
 
     aligner = FaceAligner(RECORD.align, "hog", "auto", "all", "none")
     expected = compare_photos([examples_dir / "lennon-1.jpg", examples_dir / "lennon-2.jpg"], aligner, torch_embedder)
@@ -129,8 +129,8 @@ def test_compare_of_two_photos_imports_no_torch(examples_dir, torch_embedder, tm
 def test_photos_aligned_in_forked_workers_give_the_same_faces(examples_dir, tmp_path, monkeypatch):
     """compare's parallel alignment (forked processes sharing the loaded models) against the
     plain loop: the same faces, boxes, embeddings and problems, in input order."""
-    from facenet_cli import compare
-    from facenet_cli.align import FaceAligner
+    from facenet_cli.recognition import compare
+    from facenet_cli.align.aligner import FaceAligner
 
     blank = tmp_path / "blank.png"
     from PIL import Image

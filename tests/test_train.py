@@ -12,15 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from facenet_cli.align_specs import get_spec
-from facenet_cli.aligned import SPEC_FILE
-from facenet_cli.checkpoints import load_checkpoint
+from facenet_cli.align.specs import get_spec
+from facenet_cli.formats.aligned import SPEC_FILE
+from facenet_cli.formats.checkpoints import load_checkpoint
 from facenet_cli.cli import app
-from facenet_cli.embed import Embedder, squared_distances
-from facenet_cli.hub import resolve_model
+from facenet_cli.nets.embedder import Embedder, squared_distances
+from facenet_cli.models.hub import resolve_model
 from facenet_cli.images import read_rgb
-from facenet_cli.jobs import AlignJob, align_tree
-from facenet_cli.reps import RepsWriter, read_reps
+from facenet_cli.align.job import AlignJob, align_tree
+from facenet_cli.formats.reps import RepsWriter, read_reps
 from facenet_cli.training import triplet_loss
 from facenet_cli.training.train import TrainConfig, resume, train
 

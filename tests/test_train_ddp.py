@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from facenet_cli.align_specs import get_spec
-from facenet_cli.checkpoints import load_checkpoint
+from facenet_cli.align.specs import get_spec
+from facenet_cli.formats.checkpoints import load_checkpoint
 from facenet_cli.errors import UsageError
-from facenet_cli.jobs import AlignJob, align_tree
+from facenet_cli.align.job import AlignJob, align_tree
 from facenet_cli.training.distributed import GlobalBatchNorm2d, check_divisible
 
 from ._sockets import LOOPBACK, SocketWatcher, listeners, process_tree

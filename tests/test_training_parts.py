@@ -280,9 +280,9 @@ def test_view1_folds_of_a_small_file_are_never_empty(tmp_path, lfw_dir):
 
     import numpy as np
 
-    from facenet_cli.lfw import read_pairs
+    from facenet_cli.evaluate.lfw import read_pairs
     from facenet_cli.training.data import view1_folds
-    from facenet_cli.verification import PairDistances, evaluate_distances
+    from facenet_cli.evaluate.verification import PairDistances, evaluate_distances
 
     lines = (lfw_dir / "pairsDevTest.txt").read_text(encoding="utf-8").splitlines()
     small = tmp_path / "pairsDevTest-8.txt"

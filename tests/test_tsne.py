@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from facenet_cli.cli import app
 from facenet_cli.errors import DataError, UsageError
-from facenet_cli.reps import RepsWriter, read_reps
-from facenet_cli.tsne import select_people, tsne_map
+from facenet_cli.formats.reps import RepsWriter, read_reps
+from facenet_cli.evaluate.tsne import select_people, tsne_map
 
 DIM = 64  # above PCA's 50, so the PCA step runs
 

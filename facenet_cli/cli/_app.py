@@ -415,6 +415,6 @@ def load_embedder(model: str, device: str = "auto", batch_size: int = 32, flip: 
 
 def load_pipeline(model: str, verify: bool = True, **options):
     """The face pipeline of --model with the command's options (pipeline.PipelineOptions fields)."""
-    from ..pipeline import FacePipeline, PipelineOptions
+    from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
 
     return FacePipeline.build(PipelineOptions(model=str(model), **options), verify=verify)

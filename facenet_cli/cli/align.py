@@ -11,8 +11,8 @@ from ._app import (DetectorOption, FacesOption, FallbackDirOption, FallbackOptio
                    UpsampleOption, command, console, print_json)
 
 if TYPE_CHECKING:
-    from ..jobs import AlignJob, AlignReport
-    from ..ray_executor import RayExecutor
+    from ..align.job import AlignJob, AlignReport
+    from ..executors.ray import RayExecutor
 
 # Shared with `facenet represent`.
 ExecutorOption = Annotated[Executor, typer.Option(
@@ -39,7 +39,7 @@ def executor_for(executor: Executor, address: Optional[str], workers: Optional[i
 
             raise UsageError("--address names a Ray cluster; add --executor ray to use it.")
         return nullcontext(None)
-    from ..ray_executor import RayExecutor
+    from ..executors.ray import RayExecutor
 
     return RayExecutor(address=address, max_tasks=workers)
 
@@ -47,8 +47,8 @@ def executor_for(executor: Executor, address: Optional[str], workers: Optional[i
 
 def model_spec(model: str, landmarks: Optional[str], size: Optional[int]):
     """The model's own spec unless --landmarks names another; --size overrides the size."""
-    from ..align_specs import get_spec
-    from ..pipeline import resolve_record  # checkpoints carry their own spec
+    from ..align.specs import get_spec
+    from ..pipeline.face_pipeline import resolve_record  # checkpoints carry their own spec
 
     if landmarks:
         return get_spec(landmarks, size)
@@ -98,7 +98,7 @@ def align_command(
 
     Example: facenet align ~/photos aligned/ --workers 2
     """
-    from ..jobs import AlignJob
+    from ..align.job import AlignJob
 
     job = AlignJob(
         spec=model_spec(model, landmarks.value if landmarks else None, size),
@@ -120,7 +120,7 @@ def run_with_progress(raw: Path, out: Path, job: "AlignJob", workers: int,
                       executor: "RayExecutor | None" = None, quiet: bool = False) -> "AlignReport":
     """`align_tree` with a progress bar on stderr, shown once the folders are checked (a usage
     error stays one line); the same bar for a Ray run, advanced as its outcomes arrive."""
-    from ..jobs import align_tree
+    from ..align.job import align_tree
     from ._progress import CountingProgress
 
     with CountingProgress("Aligning", "entries/s", quiet) as bar:
@@ -133,7 +133,7 @@ def print_summary(report: "AlignReport") -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from ..aligned import STATUSES
+    from ..formats.aligned import STATUSES
 
     now, earlier = report.counts_now, report.counts_earlier
     table = Table(title=f"facenet align: {report.total} entries in {report.seconds:.1f} s")

@@ -42,7 +42,7 @@ def cluster_command(
 
     Example: facenet cluster reps/ clusters/ --link symlink   (or: facenet cluster photos/ clusters/)
     """
-    from ..cluster import cluster_faces, cluster_name
+    from ..recognition.cluster import cluster_faces, cluster_name
     from ._progress import CountingProgress
 
     with CountingProgress("Clustering", quiet=quiet) as bar:

@@ -13,7 +13,7 @@ from ._app import (DetectorOption, DeviceOption, FacesOption, FallbackDirOption,
                    err_console, load_pipeline, print_json)
 
 if TYPE_CHECKING:
-    from ..compare import Comparison
+    from ..recognition.compare import Comparison
 
 
 @command
@@ -38,7 +38,7 @@ def compare_command(
 
     Example: facenet compare lennon-1.jpg lennon-2.jpg clapton-1.jpg
     """
-    from ..compare import compare_photos
+    from ..recognition.compare import compare_photos
     # engine="auto": for a handful of faces on the CPU, dlib's own network instead of importing
     # PyTorch, whose import alone takes longer than the whole comparison.
     pipeline = load_pipeline(model, device=device, flip=flip, precision=precision, tta=tta, engine="auto",

@@ -33,7 +33,7 @@ def demo_command(
     from PIL import Image, ImageEnhance, ImageOps
 
     from ..atomic import atomic_open
-    from ..compare import compare_photos
+    from ..recognition.compare import compare_photos
     from .align import print_summary, run_with_progress
     from .compare import print_comparison
 

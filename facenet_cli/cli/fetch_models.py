@@ -39,7 +39,7 @@ def _size(entry, status) -> int | None:
 
 def _row(entry, status) -> dict:
     """One catalogue entry as --json prints it."""
-    from ..catalogue import ModelRecord, kind_of
+    from ..models.catalogue import ModelRecord, kind_of
 
     row = {"name": entry.name, "kind": kind_of(entry), "status": status.state,
            "path": str(status.location) if status.location else None, "size": _size(entry, status),
@@ -54,7 +54,7 @@ def _table(rows: list[dict], cache_dir):
     from rich.table import Table
     from rich.text import Text
 
-    from .. import hub
+    from ..models import hub
 
     table = Table(
         title="Model catalogue",
@@ -78,7 +78,7 @@ def _fetch(entry, cache_dir: Optional[Path], mirror: Optional[Path], show_progre
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
-    from .. import hub
+    from ..models import hub
     from ._progress import progress_shown
 
     if not (entry.weights and entry.weights.url):
@@ -115,8 +115,8 @@ def fetch_models_command(
 
     Example: facenet fetch-models dlib-resnet.v1 --from /media/usb/facenet-weights
     """
-    from .. import hub
-    from ..catalogue import all_files, get_entry
+    from ..models import hub
+    from ..models.catalogue import all_files, get_entry
     from ..errors import FacenetError
 
     refuse_together(**{"--list": list_only, "--from": from_dir is not None})  # --list fetches nothing

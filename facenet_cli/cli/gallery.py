@@ -55,7 +55,7 @@ def gallery_add_command(
 
     Example: facenet gallery add people.gallery known/   (known/<name>/<photo>; also: --name Ada a.jpg b.jpg)
     """
-    from ..gallery import add_to_gallery
+    from ..store.gallery import add_to_gallery
     from ._progress import CountingProgress
 
     with CountingProgress("Adding", "/s", quiet) as bar:
@@ -91,7 +91,7 @@ def gallery_list_command(
 
     Example: facenet gallery list people.gallery --faces
     """
-    from ..gallery import gallery_summary
+    from ..store.gallery import gallery_summary
 
     summary = gallery_summary(gallery, with_faces=faces)
     if summary.get("problem"):  # a damaged gallery is listed (to rebuild it from its sources), and said so
@@ -128,7 +128,7 @@ def gallery_remove_command(
 
     Example: facenet gallery remove people.gallery "Ada Lovelace"
     """
-    from ..gallery import remove_from_gallery
+    from ..store.gallery import remove_from_gallery
 
     result = remove_from_gallery(gallery, target)
     if as_json:
@@ -151,7 +151,7 @@ def gallery_move_command(
 
     Example: facenet gallery move people.gallery 17 "Grace Hopper"
     """
-    from ..gallery import move_in_gallery
+    from ..store.gallery import move_in_gallery
 
     result = move_in_gallery(gallery, face_id, new_name)
     if as_json:
@@ -171,7 +171,7 @@ def gallery_export_command(
 
     Example: facenet gallery export people.gallery reps/
     """
-    from ..gallery import export_gallery
+    from ..store.gallery import export_gallery
 
     count = export_gallery(gallery, out)
     if as_json:

@@ -56,7 +56,7 @@ def identify_command(
 
         raise UsageError(f"--k is the number of voting faces of --method knn, not of --method {method.value}; "
                          "drop --k or use --method knn.")
-    from ..identification import identify
+    from ..recognition.identify import identify
     from ._progress import CountingProgress
 
     with CountingProgress("Identifying", "photos/s", quiet) as bar:

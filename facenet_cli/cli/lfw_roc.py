@@ -9,7 +9,7 @@ import typer
 from ._app import JsonOption, command, console, print_json
 
 if TYPE_CHECKING:
-    from ..verification import LfwResult
+    from ..evaluate.verification import LfwResult
 
 
 @command
@@ -29,7 +29,7 @@ def lfw_roc_command(
 
     Example: facenet lfw-roc reps/ lfw/pairs.txt lfw-eval/ --comparisons lfw/comparisons
     """
-    from ..lfw_report import evaluate_lfw
+    from ..evaluate.report import evaluate_lfw
 
     result = evaluate_lfw(reps, pairs, out, comparisons=comparisons, dev_train=train_pairs,
                           on_missing="fail" if fail_on_missing else "wrong")

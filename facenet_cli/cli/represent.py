@@ -68,7 +68,7 @@ def represent_command(
 
 def _represent(aligned: Path, out: Path, pipeline, photos: bool, workers: int, runner, as_json: bool,
                quiet: bool = False) -> None:
-    from ..represent import represent_photos, represent_tree
+    from ..pipeline.represent import represent_photos, represent_tree
     from ._progress import CountingProgress
 
     embedder = pipeline.embedder
@@ -94,7 +94,7 @@ def _represent(aligned: Path, out: Path, pipeline, photos: bool, workers: int, r
     if as_json:
         print_json({**report.to_dict(), **({"align": align_summary} if align_summary else {})})
         return
-    from ..aligned import printable_name
+    from ..formats.aligned import printable_name
 
     for path, status, reason in report.problems:
         err_console.print(f"{status} {printable_name(path)}: {reason}", markup=False, highlight=False)

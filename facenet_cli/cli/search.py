@@ -30,7 +30,7 @@ def search_command(
 
     Example: facenet search people.gallery someone.jpg --top 10
     """
-    from ..identification import search_gallery
+    from ..recognition.identify import search_gallery
 
     result = search_gallery(gallery, photo, top=top, use_index=index.value, device=device.value,
                             detector=detector.value, upsample=upsample.value, model=model)

@@ -29,7 +29,7 @@ def tsne_command(
     """
     if ctx.args and not names:
         raise UsageError(f"Unexpected arguments {' '.join(ctx.args)}; put people's names after --names.")
-    from ..tsne import tsne_map
+    from ..evaluate.tsne import tsne_map
 
     people = [n for value in [*(names or []), *ctx.args] for n in value.split(",") if n]
     result = tsne_map(reps, out, names=people or None, top=top, seed=seed)

@@ -31,7 +31,7 @@ def run_hog(detector, rgb, level: int) -> list[FaceBox]:
 def _hog_model():
     """dlib's HOG detector, once per process and shared: read from the weights cache (~10 ms)
     rather than built (`get_frontal_face_detector` costs about 0.7 s of CPU)."""
-    from ..hub import cached_hog_detector
+    from ..models.hub import cached_hog_detector
 
     return cached_hog_detector()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..resources import CNN_FACE_DETECTOR, dlib_model_path
+from ..models.resources import CNN_FACE_DETECTOR, dlib_model_path
 from . import CNN_MIN_SIDE, PIXEL_BUDGET, UPSAMPLE_BUDGET, DetectorStage, FaceBox, register_detector
 from .hog import HogStage
 

@@ -2,7 +2,7 @@
 
 Every network's `forward` takes a float tensor (N, 3, S, S), RGB, values 0..255, at the size
 of its record's alignment spec, and does its own input normalisation; it returns (N, D)
-embeddings (raw or normalised; `facenet_cli.embed` normalises either way).
+embeddings (raw or normalised; `facenet_cli.nets.embedder` normalises either way).
 
 A builder is `builder(record, weights_path) -> nn.Module`. Builders are imported only when
 used, so listing the registry costs no model code.
@@ -18,7 +18,7 @@ from ..errors import UnknownModel
 if TYPE_CHECKING:  # torch stays unimported until a network is built
     from torch import nn
 
-    from ..catalogue import ModelRecord
+    from ..models.catalogue import ModelRecord
 
 Builder = Callable[["ModelRecord", "str | Path | None"], "nn.Module"]
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..align_specs import get_spec
-from ..catalogue import ModelRecord
+from ..align.specs import get_spec
+from ..models.catalogue import ModelRecord
 from ..errors import UnknownModel
 
 INPUT_SIZE = 96
@@ -233,7 +233,7 @@ def build_nn4(record: ModelRecord, weights_path: str | Path | None = None) -> Fa
     """The network `record.architecture` names, with a checkpoint's `state_dict` when given."""
     model = FaceNetInception(record.architecture, record.embedding_dim)
     if weights_path is not None:
-        from ..checkpoints import load_state_dict
+        from ..formats.checkpoints import load_state_dict
 
         load_state_dict(weights_path, model, record.architecture)
     return model

@@ -1,7 +1,7 @@
 """The engine behind `facenet serve`: models loaded once, frames and photos in, named faces out.
 
-Every gallery read and write goes through facenet_cli.gallery, and every name through
-facenet_cli.identification's Matcher (the same unknown gate as `facenet identify`), so the page and
+Every gallery read and write goes through facenet_cli.store.gallery, and every name through
+facenet_cli.recognition.identify's Matcher (the same unknown gate as `facenet identify`), so the page and
 `facenet identify` agree on the same gallery. Uploaded photos are searched exactly as
 `facenet identify` searches them (HOG, adaptive upsampling, every face); live frames on a
 downscaled copy (`detect_width`), because detection is most of a frame's cost.
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import NoFace, UsageError
-from ..identification import UNKNOWN
+from ..recognition.identify import UNKNOWN
 from .thumbs import prune_thumbs, save_thumb, thumb_path
 from .tracking import MIN_CLEAR_FACE_PX, MIN_SHARPNESS, Tracker, sharpness
 
 if TYPE_CHECKING:
-    from ..identification import Matcher
+    from ..recognition.identify import Matcher
 
 # Limits (bytes, pixels). A 640x480 JPEG from the page is 20-60 KB.
 MAX_FRAME_BYTES = 2 * 1024 * 1024
@@ -141,8 +141,8 @@ class Engine:
     def __init__(self, gallery_path: str | Path, model: str | None = None, device: str = "auto",
                  far: float | None = None, detect_width: int = DEFAULT_DETECT_WIDTH,
                  enrol_frames: int = DEFAULT_ENROL_FRAMES):
-        from ..gallery import Gallery, resolve_for
-        from ..pipeline import FacePipeline, PipelineOptions
+        from ..store.gallery import Gallery, resolve_for
+        from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
 
         if detect_width < 80:
             raise UsageError(f"--detect-width must be at least 80 pixels, not {detect_width}.")
@@ -173,7 +173,7 @@ class Engine:
     def _gallery(self):
         """The gallery for reading: until its first face is enrolled there is no file (the gallery
         module makes it at the first commit), and that is an empty gallery, not an error."""
-        from ..gallery import Gallery
+        from ..store.gallery import Gallery
 
         return Gallery(self.gallery_path, create=not self.gallery_path.exists())
 
@@ -211,7 +211,7 @@ class Engine:
             return self._view
 
     def _build_view(self, version: int) -> GalleryView:
-        from ..identification import matcher_for
+        from ..recognition.identify import matcher_for
 
         with self._gallery() as gallery:
             if len(gallery) == 0:
@@ -289,7 +289,7 @@ class Engine:
                 "process_ms": round((time.perf_counter() - started) * 1000, 1), "enrol": enrol}
 
     def start_enrolling(self, state: SocketState, name: str, count: int | None = None) -> dict:
-        from ..gallery import normalise_name
+        from ..store.gallery import normalise_name
 
         person = normalise_name(str(name))
         wanted = self.enrol_frames if count is None else int(count)
@@ -329,7 +329,7 @@ class Engine:
 
     def _enrol(self, name: str, vector: np.ndarray, crop: np.ndarray, sha: str, source: str,
                box: tuple[int, int, int, int]) -> int | None:
-        from ..gallery import Gallery
+        from ..store.gallery import Gallery
 
         with self._lock, Gallery(self.gallery_path, create=True) as gallery:
             if gallery.model is None:
@@ -365,7 +365,7 @@ class Engine:
 
     def compare_photos(self, first: bytes, second: bytes) -> dict:
         """Squared L2 distance between the largest face of each photo, with the model's verdict."""
-        from ..embed import squared_distances
+        from ..nets.embedder import squared_distances
 
         chosen = []
         for data, what in ((first, "The first image"), (second, "The second image")):
@@ -383,7 +383,7 @@ class Engine:
 
     def enrol_photo(self, name: str, data: bytes) -> dict:
         """Enrol the one face of a photo under `name`."""
-        from ..gallery import normalise_name
+        from ..store.gallery import normalise_name
 
         person = normalise_name(name)
         rgb = decode_image(data, MAX_UPLOAD_PIXELS)

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..align_specs import AlignSpec
-from ..aligned import AlignedFolder
-from ..catalogue import ModelRecord
+from ..align.specs import AlignSpec
+from ..formats.aligned import AlignedFolder
+from ..models.catalogue import ModelRecord
 from ..errors import BadImage, DataError, SpecMismatch, UsageError
 from ..images import read_rgb
-from ..lfw import Pairs, path_key, read_pairs
-from ..reps import read_reps
+from ..evaluate.lfw import Pairs, path_key, read_pairs
+from ..formats.reps import read_reps
 
 DEFAULT_CACHE_LIMIT = 4 << 30  # bytes of decoded images kept in memory
 

@@ -11,7 +11,7 @@ uninterrupted run would (bit for bit on the CPU).
 
 WORKDIR gets, every epoch: `checkpoint-epochNNN.pt` (record + weights, usable as --model),
 `loss.csv`, `loss.png`, and last `last.pt` (the same plus everything needed to resume). All are
-written atomically (facenet_cli/checkpoints.py, facenet_cli/atomic.py), and `last.pt` is written
+written atomically (facenet_cli/formats/checkpoints.py, facenet_cli/atomic.py), and `last.pt` is written
 last: it is the commit point of an epoch, so a run killed anywhere resumes from the last epoch
 whose files are all complete, and a full disk leaves the previous `last.pt` as it was.
 
@@ -32,14 +32,14 @@ import numpy as np
 import torch
 
 from ..atomic import remove_stale_temps, write_text_atomic
-from ..catalogue import ModelRecord
-from ..checkpoints import MODEL_KEYS, RESUME_KEYS, load_checkpoint, save_checkpoint
-from ..embed import pick_device
+from ..models.catalogue import ModelRecord
+from ..formats.checkpoints import MODEL_KEYS, RESUME_KEYS, load_checkpoint, save_checkpoint
+from ..nets.embedder import pick_device
 from ..errors import DataError, UsageError, write_error
-from ..lfw import pair_distances
-from ..verification import PairDistances, evaluate_distances
+from ..evaluate.lfw import pair_distances
+from ..evaluate.verification import PairDistances, evaluate_distances
 from ..nets.nn4 import ARCHITECTURE_NAMES, FaceNetInception, default_record
-from ..reps import Reps
+from ..formats.reps import Reps
 from .distributed import (Distributed, OtherRankFailed, check_divisible, distributed_session, env_world_size,
                           rank_device, share, wrap_ddp)
 from .data import DEFAULT_CACHE_LIMIT, TrainingSet, ValidationSet, load_training_set, load_validation_set
@@ -182,8 +182,8 @@ def start_record(config: TrainConfig) -> tuple[ModelRecord, dict | None]:
     """The architecture's record and, with --init, the weights to start from."""
     if config.init is None:
         return default_record(config.architecture or "nn4.small2"), None
-    from ..hub import weights_path
-    from ..pipeline import resolve_record
+    from ..models.hub import weights_path
+    from ..pipeline.face_pipeline import resolve_record
 
     record = resolve_record(config.init)
     if record.architecture not in ARCHITECTURE_NAMES:
@@ -413,7 +413,7 @@ class Trainer:
         path = save_checkpoint(self.out / f"checkpoint-epoch{self.epoch:03d}.pt", epoch_checkpoint)
         write_loss_csv(self.out / LOSS_CSV, self.history)
         if self.history:
-            from ..plots import plot_training  # matplotlib only when there is something to draw
+            from ..evaluate.plots import plot_training  # matplotlib only when there is something to draw
 
             plot_training(self.history, [self.out / LOSS_PNG])
         save_checkpoint(self.out / LAST, {**epoch_checkpoint, "optimizer": self.optimizer.state_dict(), "rng": rng,

@@ -12,9 +12,9 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from .aligned import AlignedFolder
-from .errors import DataError, UsageError
-from .reps import Reps
+from ..formats.aligned import AlignedFolder
+from ..errors import DataError, UsageError
+from ..formats.reps import Reps
 from .verification import Curve, PairDistances
 
 # ---------------------------------------------------------------- pairs files

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .atomic import atomic_open
+from ..atomic import atomic_open
 
 if TYPE_CHECKING:  # imported for annotations only
     from .verification import Curve, LfwResult

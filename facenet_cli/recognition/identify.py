@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from .errors import BadImage, DataError, NoFace, UsageError
+from ..errors import BadImage, DataError, NoFace, UsageError
 
 if TYPE_CHECKING:
-    from .align import FaceAligner
-    from .embed import Embedder
-    from .gallery import Enrolment
-    from .photos import PhotoListing
+    from ..align.aligner import FaceAligner
+    from ..nets.embedder import Embedder
+    from ..store.gallery import Enrolment
+    from ..pipeline.photos import PhotoListing
 
 METHODS = ("mean", "nearest", "knn", "svm")
 UNKNOWN = "unknown"
@@ -51,7 +51,7 @@ DEFAULT_KNN = 3
 
 def person_distances(queries: np.ndarray, enrolment: "Enrolment") -> np.ndarray:
     """(Q, P) squared L2 distance from each query to each person's closest face."""
-    from .embed import squared_distances
+    from ..nets.embedder import squared_distances
 
     distances = squared_distances(queries, enrolment.embeddings)
     order = np.argsort(enrolment.person_index, kind="stable")
@@ -78,7 +78,7 @@ def person_rows(enrolment: "Enrolment") -> tuple[np.ndarray, np.ndarray]:
 
 def person_spreads(enrolment: "Enrolment") -> np.ndarray:
     """(P,) each person's mean squared distance between two of their faces (0 with one face)."""
-    from .embed import squared_distances
+    from ..nets.embedder import squared_distances
 
     spreads = np.zeros(enrolment.size)
     rows, starts = person_rows(enrolment)
@@ -182,7 +182,7 @@ def operating_curve(record) -> OperatingCurve | None:
 def curve_for_model(model_record: dict) -> OperatingCurve | None:
     """The curve of a gallery's model: from the catalogue when it is a catalogue model with the
     same weights (so a gallery made before a recalibration gets the current curve)."""
-    from .catalogue import CATALOGUE
+    from ..models.catalogue import CATALOGUE
 
     name = model_record.get("name")
     sha = (model_record.get("weights") or {}).get("sha256")
@@ -285,7 +285,7 @@ class Matcher:
         """(Q, P) squared L2 distances to each person's mean face and to their closest face (the
         latter None when neither the method nor the gate uses it). With an index, only the
         shortlisted people get distances; the others are inf."""
-        from .embed import squared_distances
+        from ..nets.embedder import squared_distances
 
         if self.index is not None and self.method != "svm":
             return self._shortlisted_distances(queries)
@@ -306,7 +306,7 @@ class Matcher:
             depth *= 4
 
     def _shortlisted_distances(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        from .embed import squared_distances
+        from ..nets.embedder import squared_distances
 
         need = min(self.size, max(MIN_CANDIDATES, int(self.gate.get("cohort", 1)) + 1,
                                   int(self.gate.get("znorm") or 0) + 1, self.k + 1))
@@ -335,7 +335,7 @@ class Matcher:
                 decision = np.stack([-decision, decision], axis=1)
             order = np.argsort(-decision, axis=1, kind="stable")
         else:  # knn: the k nearest faces vote; ties go to the nearer person
-            from .embed import squared_distances
+            from ..nets.embedder import squared_distances
 
             k = min(self.k, len(self.enrolment.face_ids))
             if self.index is not None:
@@ -425,7 +425,7 @@ class Identification:
     def csv_text(self) -> str:
         """`identify --csv`, for spreadsheets: text cells neutralised (spreadsheet_text), the
         candidates as a JSON list (names may hold any separator), a photo's problem in its own column."""
-        from .atomic import json_safe
+        from ..atomic import json_safe
 
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -460,7 +460,7 @@ def list_photos(inputs: Sequence[str | os.PathLike]) -> list[str]:
 def photo_listing(inputs: Sequence[str | os.PathLike]) -> "PhotoListing":
     """The photos to read and the entries that are not read (links to folders are not entered,
     hidden entries and names with control characters are refused: photos.py, align's policy)."""
-    from .photos import list_photos as list_inputs
+    from ..pipeline.photos import list_photos as list_inputs
 
     for item in inputs:
         if not Path(item).exists():
@@ -496,7 +496,7 @@ def rows_scanned(enrolment, method: str) -> int:
 
 def wants_index(use_index: str, rows: int) -> bool:
     """Whether to search with the index: `auto` from face_index.INDEX_MIN_FACES rows on."""
-    from .face_index import INDEX_MIN_FACES
+    from ..store.face_index import INDEX_MIN_FACES
 
     if use_index not in INDEX_CHOICES:
         raise UsageError(f"--index must be one of {', '.join(INDEX_CHOICES)}, not {use_index!r}.")
@@ -505,7 +505,7 @@ def wants_index(use_index: str, rows: int) -> bool:
 
 def _load_gallery(gallery_path: str | os.PathLike):
     """(gallery state, enrolment) read together; DataError for a gallery without faces."""
-    from .gallery import Gallery
+    from ..store.gallery import Gallery
 
     with Gallery(gallery_path) as gallery:
         state, enrolment = gallery.snapshot()
@@ -515,8 +515,8 @@ def _load_gallery(gallery_path: str | os.PathLike):
 
 
 def _index_for(gallery_path, state, enrolment):
-    from .face_index import current_index
-    from .gallery import Gallery
+    from ..store.face_index import current_index
+    from ..store.gallery import Gallery
 
     with Gallery(gallery_path) as gallery:
         return current_index(gallery, state, enrolment)
@@ -550,7 +550,7 @@ def identify(gallery_path: str | os.PathLike, inputs: Sequence[str | os.PathLike
         got = _index_for(gallery_path, state, enrolment)
         matcher.use_index(got.index)
         search = f"index ({got.status})"
-    from .images import read_rgb
+    from ..images import read_rgb
 
     result = Identification(str(gallery_path), gm.name, method, enrolment.size, matcher.threshold, matcher.far,
                             matcher.gate, photos=listing.entries,
@@ -579,8 +579,8 @@ def identify(gallery_path: str | os.PathLike, inputs: Sequence[str | os.PathLike
 
 def _engine_for(gallery_path, gm, model: str | None, device: str, detector: str, upsample, embedder, aligner):
     """The embedder (the gallery's own model and flip) and the aligner (every face), made unless given."""
-    from .gallery import model_fingerprint
-    from .pipeline import FacePipeline, PipelineOptions
+    from ..store.gallery import model_fingerprint
+    from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
 
     # Files are checked as each part loads (the embedder its weights, the aligner its landmarks),
     # after the model is known to be the gallery's.
@@ -648,7 +648,7 @@ def nearest_faces(vectors: np.ndarray, enrolment: "Enrolment", top: int, index=N
     the index when given, else exactly; best first (-1 / inf pad when the gallery is smaller)."""
     if index is not None:
         return refine_by_person(vectors, *index.search(vectors, top), enrolment, top)
-    from .embed import squared_distances
+    from ..nets.embedder import squared_distances
 
     d = squared_distances(np.atleast_2d(vectors), enrolment.embeddings)
     k = min(top, d.shape[1])
@@ -722,8 +722,8 @@ def search_gallery(gallery_path: str | os.PathLike, photo: str | os.PathLike, *,
     """`facenet search GALLERY PHOTO --top K`: for every face in the photo, the K most similar
     faces of the gallery (distance, person, source). `use_index`: auto (the gallery's search index
     from face_index.INDEX_MIN_FACES faces on), always, or never (an exact scan)."""
-    from .gallery import Gallery
-    from .images import read_rgb
+    from ..store.gallery import Gallery
+    from ..images import read_rgb
 
     if top < 1:
         raise UsageError(f"--top must be at least 1, not {top}.")

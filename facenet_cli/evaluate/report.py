@@ -7,10 +7,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .atomic import atomic_open, write_json_atomic, write_text_atomic
-from .errors import UsageError
+from ..atomic import atomic_open, write_json_atomic, write_text_atomic
+from ..errors import UsageError
 from .lfw import pair_distances, processed_people, read_comparisons, read_pairs
-from .reps import Reps, read_reps
+from ..formats.reps import Reps, read_reps
 from .verification import FAR_TARGET, LfwResult, evaluate_distances
 
 OUTPUT_FILES = {"accuracies": "accuracies.txt", "roc_csv": "roc.csv", "roc_png": "roc.png",

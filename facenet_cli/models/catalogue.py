@@ -6,7 +6,7 @@ Two kinds of record share one weights description (`WeightsSource`):
   its input needs, the embedding size, the distance threshold and the LFW accuracy we measured.
 * `ModelFile`, one per support file: dlib's landmark predictors and its CNN face detector.
 
-Every file is verified against its record before it is loaded (facenet_cli/hub.py), and
+Every file is verified against its record before it is loaded (facenet_cli/models/hub.py), and
 `facenet fetch-models` lists all of them with their status. Adding a model is adding a
 `ModelRecord` to `CATALOGUE`; adding a support file is adding a `ModelFile` to `MODEL_FILES`.
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .align_specs import AlignSpec, get_spec
-from .errors import UnknownModel
+from ..align.specs import AlignSpec, get_spec
+from ..errors import UnknownModel
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ModelRecord:
     # Our own measured figures, e.g. {"view2_accuracy": 0.99, "view2_std": 0.003, "command": "..."}
     lfw: dict[str, Any] = field(default_factory=dict)
     # Calibrated operating points beyond the pair threshold (identification, clustering), each
-    # with where it was chosen and the curve it came from; see facenet_cli/identification.py.
+    # with where it was chosen and the curve it came from; see facenet_cli/recognition/identify.py.
     operating_points: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -146,7 +146,7 @@ register_file(ModelFile(
     description="dlib's CNN (MMOD) face detector (--detector cnn, hog+cnn).",
 ))
 
-from .choices import DEFAULT_MODEL  # noqa: E402 (one home, light enough for the CLI's --help)
+from ..choices import DEFAULT_MODEL  # noqa: E402 (one home, light enough for the CLI's --help)
 
 # Operating points of dlib-resnet.v1 beyond the pair threshold: identification (the unknown
 # gate) and clustering, calibrated on people disjoint from those they are measured on, by the

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .align_specs import AlignSpec
+    from ..align.specs import AlignSpec
 
 
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
@@ -44,7 +44,7 @@ def landmarks_file(points: int) -> str:
 def align_model_files(spec: "AlignSpec", detector: str = "hog") -> list[str]:
     """The dlib files a FaceAligner(spec, detector) loads: the landmark predictor (also for the
     fallback boxes of a detector that gives landmarks), and the files the detector registered."""
-    from .detect import detector_files
+    from ..detect import detector_files
 
     return [landmarks_file(spec.landmarks)] + [f for f in detector_files(detector) if f != landmarks_file(spec.landmarks)]
 

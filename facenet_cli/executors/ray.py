@@ -34,13 +34,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from .errors import FacenetError, UsageError
+from ..errors import FacenetError, UsageError
 
 if TYPE_CHECKING:
-    from .aligned import FileOutcome
-    from .embed import Embedder
-    from .jobs import AlignJob
-    from .represent import EmbeddedBatch
+    from ..formats.aligned import FileOutcome
+    from ..nets.embedder import Embedder
+    from ..align.job import AlignJob
+    from ..pipeline.represent import EmbeddedBatch
 
 INSTALL_HINT = ("--executor ray needs Ray, which is not installed here; install it with "
                 "`pip install 'facenet-cli[ray]'` (or `pip install 'ray>=2.40'`).")
@@ -65,7 +65,7 @@ def align_on_worker(job: "AlignJob", task: tuple[str, str, str, str]) -> "FileOu
     """One file's outcome, in a Ray worker process. Errors that end the job (a full disk, a
     damaged model file) come back as values: the driver raises them as one sentence, and Ray
     does not retry them."""
-    from .jobs import _align_one, _aligner_for
+    from ..align.job import _align_one, _aligner_for
 
     try:
         _aligner_for(job)
@@ -104,7 +104,7 @@ class EmbedderSpec:
                    embedder.precision, embedder.tta, engine)
 
     def build(self) -> "Embedder":
-        from .pipeline import FacePipeline, PipelineOptions
+        from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
 
         weights = self.weights if self.weights and Path(self.weights).is_file() else None
         options = PipelineOptions(model=self.record.name, device=self.device, flip=self.flip,
@@ -125,7 +125,7 @@ class EmbedActor:
             self.failure = _portable(exc)
 
     def embed(self, aligned: str, files: list[str]) -> "EmbeddedBatch | FacenetError":
-        from .represent import decode_batch, embed_batch
+        from ..pipeline.represent import decode_batch, embed_batch
 
         if self.failure is not None:
             return self.failure
@@ -337,8 +337,8 @@ class RayExecutor:
         the driver once per file as it finishes."""
         if not todo:
             return
-        from .atomic import remove_stale_temps
-        from .jobs import WorkersLost, _aligner_for
+        from ..atomic import remove_stale_temps
+        from ..align.job import WorkersLost, _aligner_for
 
         # Models load and are verified here first: a damaged model file is one sentence before
         # Ray starts or any task runs, as in a local run.

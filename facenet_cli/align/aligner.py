@@ -9,11 +9,11 @@ import cv2
 import dlib
 import numpy as np
 
-from .align_specs import AlignSpec
-from .choices import MAX_SIZE, MIN_SIZE, FacePolicy, Fallback, values
-from .detect import DLIB_5, FaceBox, FaceDetector
-from .errors import MultipleFaces, NoFace, UsageError
-from .resources import dlib_model_path, landmarks_file
+from .specs import AlignSpec
+from ..choices import MAX_SIZE, MIN_SIZE, FacePolicy, Fallback, values
+from ..detect import DLIB_5, FaceBox, FaceDetector
+from ..errors import MultipleFaces, NoFace, UsageError
+from ..models.resources import dlib_model_path, landmarks_file
 
 # "center": the face nearest the image centre. "center-only": only a face whose box covers the
 # image centre counts (datasets such as LFW centre the labelled person; a bystander found when
@@ -189,8 +189,8 @@ class FaceAligner:
         [] when it is missing or unreadable."""
         from pathlib import Path
 
-        from .errors import BadImage
-        from .images import read_rgb
+        from ..errors import BadImage
+        from ..images import read_rgb
 
         if not Path(path).is_file():
             return []
@@ -216,7 +216,7 @@ class FaceAligner:
         tests/test_big_photos.py holds both to the same tolerance."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from .images import big_jpeg, read_preview, read_rgb
+        from ..images import big_jpeg, read_preview, read_rgb
 
         clock = _Clock(timings)
         detector = self._detector

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import BadImage, MultipleFaces, NoFace
+from ..errors import BadImage, MultipleFaces, NoFace
 
 if TYPE_CHECKING:
-    from .align import FaceAligner
-    from .detect import FaceBox
-    from .embed import Embedder
+    from ..align.aligner import FaceAligner
+    from ..detect import FaceBox
+    from ..nets.embedder import Embedder
 
 
 @dataclass
@@ -146,7 +146,7 @@ _forked_aligner: "FaceAligner | None" = None  # set in a forked child only
 def _adopt_aligner(aligner: "FaceAligner", parent_pid: int) -> None:
     import signal
 
-    from .jobs import die_with_parent
+    from ..align.job import die_with_parent
 
     global _forked_aligner
     die_with_parent(parent_pid)  # no orphan when the parent is killed
@@ -173,7 +173,7 @@ def compare_photos(paths: list[str | Path], aligner: "FaceAligner", embedder: "E
                    fallback_dir: str | Path | None = None, workers: int | None = None) -> Comparison:
     """Every face of `paths` against every other: squared L2 distances and same/different verdicts
     at the model's threshold. `workers`: see `find_faces`."""
-    from .embed import squared_distances
+    from ..nets.embedder import squared_distances
 
     faces, problems = find_faces(paths, aligner, embedder, fallback_dir, workers)
     matrix = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, embedder.dim), np.float32)

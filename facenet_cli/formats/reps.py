@@ -36,9 +36,9 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from .aligned import name_problem
-from .atomic import atomic_open, remove_stale_temps, temp_path
-from .errors import DataError, UsageError, write_error
-from .hub import file_sha256
+from ..atomic import atomic_open, remove_stale_temps, temp_path
+from ..errors import DataError, UsageError, write_error
+from ..models.hub import file_sha256
 
 LABELS = "labels.csv"
 REPS_CSV = "reps.csv"

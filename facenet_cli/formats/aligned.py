@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Iterable
 
-from .atomic import is_temp_name, write_bytes_atomic, write_json_atomic
-from .errors import DataError, SpecMismatch, UsageError, write_error
+from ..atomic import is_temp_name, write_bytes_atomic, write_json_atomic
+from ..errors import DataError, SpecMismatch, UsageError, write_error
 
 if TYPE_CHECKING:  # annotations only: this module stays free of numpy, dlib and torch
-    from .align_specs import AlignSpec
-    from .catalogue import ModelRecord
+    from ..align.specs import AlignSpec
+    from ..models.catalogue import ModelRecord
 
 SPEC_FILE = "align-spec.json"
 REPORT_FILE = "align-report.csv"
@@ -235,7 +235,7 @@ class AlignedFolder:
             return None
         try:
             record = json.loads(self.spec_file.read_text(encoding="utf-8"))
-            from .align_specs import AlignSpec
+            from ..align.specs import AlignSpec
 
             if not isinstance(record, dict):
                 raise TypeError
@@ -246,7 +246,7 @@ class AlignedFolder:
         return record
 
     def spec(self) -> "AlignSpec | None":
-        from .align_specs import AlignSpec
+        from ..align.specs import AlignSpec
 
         record = self.job_record()
         return AlignSpec.from_dict(record["spec"]) if record else None
@@ -284,8 +284,8 @@ class AlignedFolder:
             return
         images = self.images()
         if images:
-            from .errors import BadImage
-            from .images import read_rgb
+            from ..errors import BadImage
+            from ..images import read_rgb
 
             try:
                 size = read_rgb(self.root / images[0]).shape[:2]

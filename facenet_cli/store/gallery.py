@@ -10,7 +10,7 @@ one, so a crash loses at most the batch in flight):
   the weights), `flip` (1 when embeddings average the mirror image), `created`, `gallery_id` (a
   random id), `generation` (bumped by every write transaction) and `revision` (a random token
   replaced by every write transaction, so two copies of one gallery that were changed apart never
-  look alike): what the search index beside the gallery, facenet_cli/face_index.py, checks it is
+  look alike): what the search index beside the gallery, facenet_cli/store/face_index.py, checks it is
   current against.
 - `people(id, name UNIQUE, added)`: names NFKC-normalised; no `/`, `\\`, `..`, control characters.
 - `faces(id, person_id, embedding float32 BLOB, source, image_sha256 UNIQUE, box_*, added)`.
@@ -44,15 +44,15 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .aligned import printable_name
-from .errors import BadImage, DataError, FacenetError, MultipleFaces, NoFace, SpecMismatch, UsageError
-from .hub import file_sha256
-from .photos import path_problem
+from ..formats.aligned import printable_name
+from ..errors import BadImage, DataError, FacenetError, MultipleFaces, NoFace, SpecMismatch, UsageError
+from ..models.hub import file_sha256
+from ..pipeline.photos import path_problem
 
 if TYPE_CHECKING:  # annotations only
-    from .align import AlignedFace
-    from .catalogue import ModelRecord
-    from .embed import Embedder
+    from ..align.aligner import AlignedFace
+    from ..models.catalogue import ModelRecord
+    from ..nets.embedder import Embedder
 
 FORMAT = "facenet-gallery"
 VERSION = 1
@@ -357,7 +357,7 @@ class Gallery:
             raise self._read_only_error(folder)
 
     def _read_only_error(self, folder: Path | None = None) -> FacenetError:
-        from .errors import WriteError
+        from ..errors import WriteError
 
         where = folder if folder is not None else self.path
         try:
@@ -639,8 +639,8 @@ class Gallery:
     def _materialise(self) -> bool:
         """Write the in-memory gallery to its path (see `_first_commit`); False when the path was
         taken meanwhile. On success this connection is the file's."""
-        from .atomic import remove_stale_temps, temp_path
-        from .errors import write_error
+        from ..atomic import remove_stale_temps, temp_path
+        from ..errors import write_error
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -886,7 +886,7 @@ _PARTICIPLE = {"read": "read", "write": "written", "open": "opened", "opened": "
 def _sqlite_error(path: Path, exc: sqlite3.Error, doing: str) -> FacenetError:
     """The one-sentence typed error for an SQLite error, by its result code (SQLite's messages
     are not an interface, and one class has several: "database is locked" and "busy")."""
-    from .errors import DiskFull, WriteError
+    from ..errors import DiskFull, WriteError
 
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
@@ -937,7 +937,7 @@ def _known_folder(folder: Path) -> tuple[list[tuple[str, str]], list[AddOutcome]
     """The photos of `KNOWN/<person>/...` as (person, path), listed as `align` lists (photos.py:
     links to folders are not entered, so one person's folder cannot lend its photos to another
     or loop), and the outcome of every entry that is not read."""
-    from .photos import list_folder
+    from ..pipeline.photos import list_folder
 
     listing = list_folder(folder)
     items: list[tuple[str, str]] = []
@@ -1022,8 +1022,8 @@ def add_to_gallery(gallery_path: str | os.PathLike, inputs: list[str | os.PathLi
 
 def resolve_for(gallery: Gallery, model: str | None, flip: bool | None) -> tuple["ModelRecord", str, bool]:
     """The model record and flip to embed with: the gallery's, checked against --model/--flip if given."""
-    from .catalogue import DEFAULT_MODEL
-    from .pipeline import resolve_record
+    from ..models.catalogue import DEFAULT_MODEL
+    from ..pipeline.face_pipeline import resolve_record
 
     bound = gallery.model
     ref = model or (bound.ref if bound else DEFAULT_MODEL)
@@ -1038,7 +1038,7 @@ def _add_photos(gallery: Gallery, items: list[tuple[str, str]], *, model, flip, 
     record, ref, use_flip = resolve_for(gallery, model, flip)
     if on_start:
         on_start(len(items))
-    from .pipeline import FacePipeline, PipelineOptions
+    from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
 
     # verify=False: each part checks its own files as it loads, so adding aligned crops needs no
     # landmark file.
@@ -1209,7 +1209,7 @@ class _FaceToEnrol:
 def _prepare_photo(gallery: Gallery, person: str, path: str, load, bad_names: dict[str, str],
                    waiting_shas: set[str]) -> "AddOutcome | _FaceToEnrol":
     """A photo's final outcome when it will not be enrolled, else its aligned face."""
-    from .images import read_rgb
+    from ..images import read_rgb
 
     if person not in bad_names:
         bad_names[person] = name_problem(person) or ""
@@ -1246,9 +1246,9 @@ def _aligned_crop(path: Path, rgb: np.ndarray, record: "ModelRecord"):
     """The image itself as the face when it is already a crop aligned for this model: it lies (or
     a link to it points) in a `facenet align` folder whose spec is the model's, at the model's size.
     Such crops (`facenet align` output, `facenet cluster --link` folders) are not detected again."""
-    from .align import AlignedFace
-    from .aligned import SPEC_FILE
-    from .detect import FaceBox
+    from ..align.aligner import AlignedFace
+    from ..formats.aligned import SPEC_FILE
+    from ..detect import FaceBox
 
     size = record.align.size
     if rgb.shape[:2] != (size, size):
@@ -1269,13 +1269,13 @@ def _aligned_crop(path: Path, rgb: np.ndarray, record: "ModelRecord"):
 @lru_cache(maxsize=64)
 def _folder_spec(root: str, spec_mtime_ns: int):
     """An aligned folder's spec, read once per folder (and again only if its file changes)."""
-    from .aligned import AlignedFolder
+    from ..formats.aligned import AlignedFolder
 
     return AlignedFolder(root).spec()
 
 
 def _ref_of(embedder: "Embedder") -> str:
-    from .catalogue import CATALOGUE
+    from ..models.catalogue import CATALOGUE
 
     record = embedder.record
     if record.name in CATALOGUE and model_fingerprint(CATALOGUE[record.name]) == model_fingerprint(record):
@@ -1285,8 +1285,8 @@ def _ref_of(embedder: "Embedder") -> str:
 
 def _add_reps(gallery: Gallery, folder: Path, model, flip, on_start, on_advance) -> list[AddOutcome]:
     """Enrol a `represent` output: person = each face's folder name; refuse another model's reps."""
-    from .catalogue import ModelRecord
-    from .reps import person_of, read_reps
+    from ..models.catalogue import ModelRecord
+    from ..formats.reps import person_of, read_reps
 
     reps = read_reps(folder)
     meta_model = reps.meta.get("model")
@@ -1302,7 +1302,7 @@ def _add_reps(gallery: Gallery, folder: Path, model, flip, on_start, on_advance)
         raise UsageError(f"{folder} was represented {'with' if reps_flip else 'without'} --flip; drop "
                          f"{'--no-flip' if reps_flip else '--flip'} or represent the photos again.")
     if model is not None:
-        from .pipeline import resolve_record
+        from ..pipeline.face_pipeline import resolve_record
 
         wanted = resolve_record(model)
         if model_fingerprint(wanted) != model_fingerprint(record):
@@ -1313,7 +1313,7 @@ def _add_reps(gallery: Gallery, folder: Path, model, flip, on_start, on_advance)
         raise DataError(f"{folder} holds {reps.embeddings.shape[1]}-d embeddings but its model {record.name} makes "
                         f"{record.embedding_dim}-d ones; represent the photos again.")
     if gallery.model is None:
-        from .catalogue import CATALOGUE
+        from ..models.catalogue import CATALOGUE
 
         ref = record.name if record.name in CATALOGUE else (record.weights.path if record.weights and
                                                             record.weights.path else record.name)
@@ -1426,7 +1426,7 @@ def export_gallery(gallery_path: str | os.PathLike, out: str | os.PathLike) -> i
     enrols nothing twice. A source no CSV can carry (a control character) is written with U+FFFD
     in its place rather than refusing the whole gallery.
     """
-    from .reps import RepsWriter, person_of
+    from ..formats.reps import RepsWriter, person_of
 
     with Gallery(gallery_path) as gallery:
         enrolment = gallery.enrolment()

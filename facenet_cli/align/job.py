@@ -37,11 +37,11 @@ from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Callable
 
-from .align_specs import AlignSpec
-from .aligned import (REPORT_FILE, STATUSES, AlignedFolder, FileOutcome, face_outputs,
+from .specs import AlignSpec
+from ..formats.aligned import (REPORT_FILE, STATUSES, AlignedFolder, FileOutcome, face_outputs,
                       name_problem, output_names, printable_name)
-from .atomic import remove_stale_temps, temp_path, write_bytes_atomic
-from .errors import BadImage, DiskFull, FacenetError, MultipleFaces, NoFace, UsageError, write_error
+from ..atomic import remove_stale_temps, temp_path, write_bytes_atomic
+from ..errors import BadImage, DiskFull, FacenetError, MultipleFaces, NoFace, UsageError, write_error
 
 STAGES = ("decode", "detect", "landmarks", "warp", "write")
 # Outcomes of reading an input that a rerun may reuse while the input is unchanged. `error` is
@@ -67,8 +67,8 @@ class AlignJob:
     hand_over_crops: bool = False
 
     def __post_init__(self):
-        from .align import FACE_POLICIES, FALLBACKS, check_size
-        from .detect import detector_names, parse_upsample  # noqa: I001 (the engine validates its own values)
+        from .aligner import FACE_POLICIES, FALLBACKS, check_size
+        from ..detect import detector_names, parse_upsample  # noqa: I001 (the engine validates its own values)
 
         # Enum members (the CLI's) and paths become the plain values that align-spec.json records.
         # Detectors: every registered one (a detector registered at run time included).
@@ -217,7 +217,7 @@ def _aligner_for(job: AlignJob):
     if _ALIGNER is None or _JOB != job:
         import cv2
 
-        from .pipeline import make_aligner
+        from ..pipeline.face_pipeline import make_aligner
 
         cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
         _ALIGNER = make_aligner(job.spec, job.detector, job.upsample, job.faces, job.fallback)
@@ -290,7 +290,7 @@ def short_reason(exc: BaseException) -> str:
 def _align_file(task: tuple[str, str, str, str]) -> FileOutcome:
     import cv2
 
-    from .images import read_rgb
+    from ..images import read_rgb
 
     raw, out, rel, stem = task
     job = _JOB

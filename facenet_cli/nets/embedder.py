@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .catalogue import ModelRecord
-from .errors import SpecMismatch, UsageError
+from ..models.catalogue import ModelRecord
+from ..errors import SpecMismatch, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +48,7 @@ def resolve_weights(record: ModelRecord) -> Path | None:
     """The local, checksum-verified weights file of `record` (None for bare architectures)."""
     if record.weights is None:
         return None
-    from .hub import weights_path
+    from ..models.hub import weights_path
 
     return weights_path(record)
 
@@ -170,12 +170,12 @@ class Embedder:
     def _load_torch(self) -> None:
         import torch
 
-        from .nets import build_network
+        from . import build_network
 
         self._device = pick_device(self.requested_device)
         network = build_network(self.record, self.weights_path())
         if self.precision == "int8":
-            from .nets.dlib_resnet import int8_dlib_resnet
+            from .dlib_resnet import int8_dlib_resnet
 
             network = int8_dlib_resnet(network.to(memory_format=torch.channels_last))
         self._network = network.to(self._device, memory_format=torch.channels_last)

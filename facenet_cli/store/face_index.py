@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 if TYPE_CHECKING:
     from .gallery import Enrolment, Gallery, GalleryChanges, GalleryState
@@ -179,7 +179,7 @@ def _header_for(state: "GalleryState", params: dict, payload: bytes) -> dict:
 
 
 def write_index(path: Path, index: FaceIndex, state: "GalleryState") -> None:
-    from .atomic import atomic_open, remove_stale_temps
+    from ..atomic import atomic_open, remove_stale_temps
 
     remove_stale_temps(path.parent, recursive=False)  # e.g. the half-written index of a killed run
     payload = index.to_bytes()

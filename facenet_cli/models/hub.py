@@ -27,10 +27,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
-from .atomic import atomic_open, remove_stale_temps
+from ..atomic import atomic_open, remove_stale_temps
 from .catalogue import (CATALOGUE, DLIB_PACKAGE, ModelFile, ModelRecord, WeightsSource, get_record,  # noqa: F401
                         kind_of, list_models)
-from .errors import ChecksumMismatch, DownloadError, UnknownModel, UsageError
+from ..errors import ChecksumMismatch, DownloadError, UnknownModel, UsageError
 
 # Anything with a `name` and `weights`: an embedding model's record or a support file's.
 Entry = "ModelRecord | ModelFile"
@@ -204,8 +204,8 @@ def verified_sha256(path: str | os.PathLike, cache: str | os.PathLike | None = N
 
 
 def _write_stamp(cache: str | os.PathLike | None, name: str, stamp: dict) -> None:
-    from .atomic import write_json_atomic
-    from .errors import FacenetError
+    from ..atomic import write_json_atomic
+    from ..errors import FacenetError
 
     stamps = _read_stamps(cache)
     stamps[name] = stamp
@@ -432,7 +432,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelRecord:
                 f"No checkpoint file at {path}; check the path or choose one of {', '.join(list_models())}."
             )
         get_record(text)  # raises UnknownModel listing the catalogue
-    from .checkpoints import checkpoint_record
+    from ..formats.checkpoints import checkpoint_record
 
     return checkpoint_record(path)
 
@@ -471,8 +471,8 @@ def cached_hog_detector(cache: str | os.PathLike | None = None):
     """
     import dlib
 
-    from .atomic import write_text_atomic
-    from .errors import FacenetError
+    from ..atomic import write_text_atomic
+    from ..errors import FacenetError
 
     path = hog_detector_cache(cache)
     digest_file = path.with_name(path.name + ".sha256")

@@ -38,8 +38,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .atomic import atomic_open, temp_path, write_json_atomic, write_text_atomic
-from .errors import DataError, UsageError, write_error
+from ..atomic import atomic_open, temp_path, write_json_atomic, write_text_atomic
+from ..errors import DataError, UsageError, write_error
 
 CLUSTERS_FILE = "clusters.csv"
 SUMMARY_FILE = "cluster-summary.json"
@@ -309,7 +309,7 @@ def calibrated_threshold(record: dict | None) -> tuple[float, str]:
     The catalogue's current record wins over the copy frozen into a reps folder's meta.json
     (which may predate the calibration); a checkpoint's own record is used as it is.
     """
-    from .catalogue import CATALOGUE
+    from ..models.catalogue import CATALOGUE
 
     record = record or {}
     name = record.get("name")
@@ -457,7 +457,7 @@ def cluster_faces(source: str | os.PathLike, out: str | os.PathLike, *, threshol
 
 
 def _faces_from_reps(folder: Path) -> tuple[list[Face], np.ndarray, dict]:
-    from .reps import read_reps
+    from ..formats.reps import read_reps
 
     reps = read_reps(folder)
     faces = [Face(path, 0, path) for path in reps.paths]
@@ -467,9 +467,9 @@ def _faces_from_reps(folder: Path) -> tuple[list[Face], np.ndarray, dict]:
 def _faces_from_images(source: Path, out: Path, kind: str, *, model, device, flip, batch_size, detector,
                        upsample, faces, fallback, workers, on_stage, on_advance, extra: dict):
     """Align (photos only) and embed with the library's own jobs; each face keeps its photo."""
-    from .pipeline import FacePipeline, PipelineOptions
-    from .reps import read_reps
-    from .represent import represent_tree
+    from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
+    from ..formats.reps import read_reps
+    from ..pipeline.represent import represent_tree
 
     # verify=False: the align job checks the detection files, the embedder its weights.
     pipeline = FacePipeline.build(PipelineOptions(model=model, device=device, flip=flip, batch_size=batch_size,
@@ -478,7 +478,7 @@ def _faces_from_images(source: Path, out: Path, kind: str, *, model, device, fli
     aligned = source
     crops: dict[str, tuple[str, int]] = {}  # aligned crop (relative) -> (photo, face index)
     if kind == "photos":
-        from .jobs import align_tree
+        from ..align.job import align_tree
 
         aligned = out / "aligned"
         job = pipeline.align_job()

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from .aligned import AlignedFolder, printable_name
-from .errors import BadImage, DataError, UsageError
-from .images import read_rgb
-from .reps import LABELS, META, REPS_CSV, REPS_NPY, RepsWriter, person_of
+from ..formats.aligned import AlignedFolder, printable_name
+from ..errors import BadImage, DataError, UsageError
+from ..images import read_rgb
+from ..formats.reps import LABELS, META, REPS_CSV, REPS_NPY, RepsWriter, person_of
 
 if TYPE_CHECKING:
-    from .embed import Embedder
-    from .jobs import AlignJob, AlignReport
+    from ..nets.embedder import Embedder
+    from ..align.job import AlignJob, AlignReport
 
 OUTCOMES = ("embedded", "unreadable", "wrong-size", "bad-name")
 
@@ -262,7 +262,7 @@ def represent_photos(raw: str | Path, out: str | Path, embedder: "Embedder", job
     worker per core (CPU) the workers embed their own crops instead (WorkerEmbedding)."""
     from dataclasses import replace
 
-    from .jobs import align_tree
+    from ..align.job import align_tree
 
     out = Path(out)
     aligned = out / "aligned"

@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import atomic_open
-from .errors import DataError, UsageError
-from .reps import Reps, read_reps
+from ..atomic import atomic_open
+from ..errors import DataError, UsageError
+from ..formats.reps import Reps, read_reps
 
 PCA_DIMS = 50
 EXACT_BELOW = 500

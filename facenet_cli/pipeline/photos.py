@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .aligned import looks_like_image, name_problem, printable_name
+from ..formats.aligned import looks_like_image, name_problem, printable_name
 
 # scan_tree settles special files and broken links as `skipped`, like hidden entries and links
 # to folders; for the readers of photos they are files that cannot be read, as they always were.
@@ -65,7 +65,7 @@ class PhotoListing:
 
 def list_folder(folder: str | os.PathLike) -> PhotoListing:
     """The photos under `folder` (sorted, align's order) and the entries settled without reading."""
-    from .jobs import scan_tree
+    from ..align.job import scan_tree
 
     folder = Path(folder)
     listing = scan_tree(folder)

@@ -26,11 +26,11 @@ from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_open
-from .errors import DataError, UsageError
+from ..atomic import atomic_open
+from ..errors import DataError, UsageError
 
 if TYPE_CHECKING:
-    from .catalogue import ModelRecord
+    from ..models.catalogue import ModelRecord
 
 MODEL_KEYS = ("record", "state_dict")  # what makes a file usable as --model
 RESUME_KEYS = ("optimizer", "rng", "config", "history", "epoch")  # what `last.pt` adds
@@ -115,8 +115,8 @@ def _read(path: str, size: int, mtime_ns: int, inode: int) -> dict:
 def checkpoint_record(path: str | os.PathLike) -> "ModelRecord":
     """The model record a checkpoint carries, its weights pointing at the checkpoint file itself
     (with the file's SHA-256, so a later load verifies it like any other weights)."""
-    from .catalogue import ModelRecord, WeightsSource
-    from .hub import file_sha256
+    from ..models.catalogue import ModelRecord, WeightsSource
+    from ..models.hub import file_sha256
 
     path = Path(path)
     checkpoint = load_checkpoint(path)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 # OpenFace's mean 68-point dlib landmark template (openface/align_dlib.py, cmusatyalab/openface),
 # published numbers, then normalised to [0, 1] per axis exactly as OpenFace's MINMAX_TEMPLATE.

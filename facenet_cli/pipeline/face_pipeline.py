@@ -20,16 +20,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import NoFace
+from ..errors import NoFace
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .align import AlignedFace, FaceAligner
-    from .align_specs import AlignSpec
-    from .catalogue import ModelRecord
-    from .embed import Embedder
-    from .jobs import AlignJob
+    from ..align.aligner import AlignedFace, FaceAligner
+    from ..align.specs import AlignSpec
+    from ..models.catalogue import ModelRecord
+    from ..nets.embedder import Embedder
+    from ..align.job import AlignJob
 
 # What an option left unset becomes when neither it nor the model record says otherwise.
 # `faces="all"`: a pipeline answers "the faces in this photo"; commands that want one face per
@@ -71,7 +71,7 @@ class PipelineOptions:
                 value = str(value)
             object.__setattr__(self, item.name, value)
         if self.upsample is not None:
-            from .detect import parse_upsample
+            from ..detect import parse_upsample
 
             object.__setattr__(self, "upsample", parse_upsample(self.upsample))
 
@@ -100,8 +100,8 @@ def model_defaults(record: "ModelRecord") -> dict[str, Any]:
 def resolve_record(model: str | None) -> "ModelRecord":
     """The record behind a --model value (catalogue name or checkpoint); the one place the
     commands resolve it."""
-    from .catalogue import DEFAULT_MODEL
-    from .hub import resolve_model
+    from ..models.catalogue import DEFAULT_MODEL
+    from ..models.hub import resolve_model
 
     return resolve_model(model or DEFAULT_MODEL)
 
@@ -135,8 +135,8 @@ class FacePipeline:
     def verify(self) -> None:
         """Locate and check every file this pipeline loads (digests are remembered while a file
         is unchanged, so asking again is free)."""
-        from .embed import resolve_weights
-        from .resources import verify_align_models
+        from ..nets.embedder import resolve_weights
+        from ..models.resources import verify_align_models
 
         resolve_weights(self.record)
         verify_align_models(self.record.align, self.options.detector)
@@ -157,7 +157,7 @@ class FacePipeline:
         settings = {"detector": o.detector, "upsample": o.upsample, "faces": o.faces, "fallback": o.fallback,
                     **changes}
         if "upsample" in changes:
-            from .detect import parse_upsample
+            from ..detect import parse_upsample
 
             settings["upsample"] = parse_upsample(settings["upsample"])
         key = tuple(sorted(settings.items()))
@@ -169,7 +169,7 @@ class FacePipeline:
     def embedder(self) -> "Embedder":
         """The model's network, loaded once (engine "auto": on the first embed call)."""
         if self._embedder is None:
-            from .embed import Embedder
+            from ..nets.embedder import Embedder
 
             o = self.options
             self._embedder = Embedder(self.record, device=str(o.device), flip=bool(o.flip), batch_size=o.batch_size,
@@ -178,7 +178,7 @@ class FacePipeline:
 
     def align_job(self, **changes) -> "AlignJob":
         """The options as the align job a worker pool runs (align_tree, represent --photos)."""
-        from .jobs import AlignJob
+        from ..align.job import AlignJob
 
         o = self.options
         settings = {"spec": self.record.align, "detector": o.detector, "upsample": o.upsample, "faces": o.faces,
@@ -202,14 +202,14 @@ class FacePipeline:
     def photo(self, path: str | Path) -> "list[AlignedFace] | str":
         """The aligned faces of one photo file, or why it has none (one sentence); the options'
         fallback folder stands in for a photo without a face."""
-        from .compare import align_photo
+        from ..recognition.compare import align_photo
 
         return align_photo(path, self.aligner, self.options.fallback_dir)
 
     def photos(self, paths: Sequence[str | Path], workers: int | None = None) -> "list[list[AlignedFace] | str]":
         """`photo` of every path, in order; several at a time in forked processes that share the
         loaded models (`workers`, default the options', else one per CPU)."""
-        from .compare import align_photos
+        from ..recognition.compare import align_photos
 
         workers = self.options.workers if workers is None else workers
         return align_photos(list(paths), self.aligner, self.options.fallback_dir, workers)
@@ -220,7 +220,7 @@ def make_aligner(spec: "AlignSpec", detector: str = "hog", upsample: int | str =
     """A FaceAligner (detector, landmarks, warp) for an alignment spec: the one place one is made.
     Pipelines call it with their model's spec, the align workers with their job's (`facenet
     align --spec` needs no model). `budgets`: FaceAligner's pixel and upsample budgets."""
-    from .align import FaceAligner
+    from ..align.aligner import FaceAligner
 
     return FaceAligner(spec, detector, upsample, faces, fallback, **budgets)
 

@@ -1,0 +1,1 @@
+"""Stage 2: faces found by a detector become aligned crops (the aligner, alignment specs, the align job)."""

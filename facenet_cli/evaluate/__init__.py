@@ -1,0 +1,1 @@
+"""Verification on LFW: distances, ROC, reports, t-SNE maps and plots."""

@@ -1,0 +1,1 @@
+"""Executors that run batch work: a local process pool and Ray."""

@@ -1,0 +1,1 @@
+"""One face pipeline: photos -> faces -> aligned crops -> embeddings, used by every command."""

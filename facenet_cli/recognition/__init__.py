@@ -1,0 +1,1 @@
+"""Use cases on embeddings: compare, identify and search against a gallery, cluster."""

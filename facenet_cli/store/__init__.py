@@ -1,0 +1,1 @@
+"""Gallery stores: people, faces and their embeddings, with nearest-neighbour search."""
