@@ -13,7 +13,7 @@ $(PY):
 # The ray extra too: the tests run `--executor ray` on a real local Ray cluster.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,ray]"
+	$(PY) -m pip install -q -e ".[test,ray,postgres]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -127,8 +127,11 @@ def write_int8_calibration(lfw: Path, count: int = 128) -> None:
 
 def precision_table(chips: list, repeats: int) -> None:
     """ms per face at batch 32 through the Embedder, fp32 / bf16 / int8 timed in turn (so each
-    sees the same load), and how far each moves the unit vectors from fp32's."""
+    sees the same load), and how far each moves the unit vectors from fp32's; then what
+    `--precision auto` picks on this CPU (from its flags and the recorded tables, not from these
+    timings) beside the recorded ratios, so a new kind of CPU shows where the tables need a row."""
     from facenet_cli.models.catalogue import get_record
+    from facenet_cli.nets import precision as auto
     from facenet_cli.nets.embedder import Embedder
 
     record = get_record("dlib-resnet.v1")
@@ -141,6 +144,7 @@ def precision_table(chips: list, repeats: int) -> None:
             e.embed(chips)
             times[p].append(time.perf_counter() - start)
     fp32 = statistics.median(times["fp32"])
+    measured = {p: fp32 / statistics.median(times[p]) for p in embedders}
     print(f"\nprecision, batch 32, {len(chips)} faces, through Embedder.embed (median of {repeats}, interleaved):")
     print(f"{'':6} {'ms/face':>8} {'speed vs fp32':>14} {'sq. L2 to fp32: median':>23} {'max':>8}")
     for p in embedders:
@@ -149,6 +153,14 @@ def precision_table(chips: list, repeats: int) -> None:
         print(f"{p:6} {median_s / len(chips) * 1e3:8.2f} {fp32 / median_s:13.2f}x "
               f"{float(np.median(moved)):23.6f} {float(moved.max()):8.6f}")
     print(f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}; load average {os.getloadavg()}")
+    kind = auto.cpu_class()
+    recorded = auto.CPU_SPEED.get(kind, {})
+    print(auto.describe(record))
+    print("  recorded speed vs fp32: " + (", ".join(f"{p} {r:.2f}x" for p, r in recorded.items()) or "none (fp32)")
+          + "; measured now: " + ", ".join(f"{p} {r:.2f}x" for p, r in measured.items()))
+    fastest = max(measured, key=measured.get)
+    print(f"  fastest measured now: {fastest}; auto's choice also needs View 2 within "
+          f"{auto.ACCURACY_BOUND * 100:.1f} point of fp32 (nets/precision.py VIEW2_ACCURACY)")
 
 
 def engines_table(model, chips: list, repeats: int, workdir: Path) -> None:

@@ -1,6 +1,6 @@
 """Raw LFW photos to embeddings: our pipeline against face_recognition's default one, side by side.
 
-    python benchmarks/end_to_end.py [--images 1000] [--repeats 1] [--precision fp32|bf16|int8] [--detector hog|hog-fast] [--sequential] [--quick]
+    python benchmarks/end_to_end.py [--images 1000] [--repeats 1] [--precision fp32|bf16|int8] [--detector hog|hog-fast|mtcnn] [--sequential] [--quick]
 
 Both sides get the same images (`lfw_sample`) and two processes:
 
@@ -18,7 +18,8 @@ Both sides get the same images (`lfw_sample`) and two processes:
   then `represent_tree` reading the PNGs back (torch's default threads).
 
 `--precision` sets our Embedder's precision, `--detector` our align job's detector (both of our
-sides; `hog-fast` tries dlib's frontal filter alone first).
+sides; `hog-fast` tries dlib's frontal filter alone first; `mtcnn` is the CNN cascade with its own
+five landmarks).
 
 Each run is a fresh Python process (so that peak RSS is that side's alone); the sides alternate
 (ours first on even repeats, theirs first on odd ones) so that load from other jobs hits both
@@ -80,8 +81,18 @@ def run_ours(raw: Path, out: Path, precision: str = "fp32", detector: str = "hog
     t1 = time.perf_counter()
     marks = {}
     job = AlignJob(spec=embedder.record.align, detector=detector)
-    aligned, reps = represent_photos(raw, out, embedder, job, workers=WORKERS,
-                                     on_start=lambda _total: marks.setdefault("aligned", time.perf_counter()))
+    class EmbeddingStarts:  # the progress protocol: the Embedding stage starts when the alignment ends
+        def start(self, total):
+            pass
+
+        def advance(self, count=1):
+            pass
+
+        def stage(self, name, total):
+            if name == "Embedding":
+                marks.setdefault("aligned", time.perf_counter())
+
+    aligned, reps = represent_photos(raw, out, embedder, job, workers=WORKERS, progress=EmbeddingStarts())
     t3 = time.perf_counter()
     t2 = marks.get("aligned", t3)
     return our_result(aligned, reps, (t0, t1, t2, t3))
@@ -221,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="8 images, one repeat: same steps, same table, figures not quotable")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                         help="our embedder's precision (Embedder(precision=...)); fp32 is the reference")
-    parser.add_argument("--detector", choices=("hog", "hog-fast"), default="hog",
+    parser.add_argument("--detector", choices=("hog", "hog-fast", "mtcnn"), default="hog",
                         help="our align job's detector (both of our sides); theirs is always HOG with five filters")
     parser.add_argument("--sequential", action="store_true",
                         help="also run the pipeline before the overlap (align_tree, then represent_tree from the PNGs)")

@@ -145,11 +145,9 @@ def match_by_position(found: list[list[float]], placed: list[dict]) -> int:
 def run_ours(photo: Path, first_pass: bool, precision: str = "fp32", read_first: bool = False) -> dict:
     import numpy as np
 
-    from facenet_cli.align.aligner import FaceAligner
-    from facenet_cli.recognition.compare import find_faces
-    from facenet_cli.nets.embedder import Embedder
-    from facenet_cli.models.hub import resolve_model
     from facenet_cli.images import read_rgb
+    from facenet_cli.pipeline.face_pipeline import FacePipeline, PipelineOptions
+    from facenet_cli.recognition.compare import find_faces
 
     threads = int(os.environ.get("GROUP_TORCH_THREADS", "0"))
     if threads:
@@ -157,9 +155,11 @@ def run_ours(photo: Path, first_pass: bool, precision: str = "fp32", read_first:
 
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    embedder = Embedder(resolve_model(MODEL), device="cpu", engine="torch", precision=precision)
-    aligner = FaceAligner(embedder.record.align, upsample="auto", faces="all",
-                          first_pass_pixels=None if first_pass else 0)
+    pipeline = FacePipeline.build(PipelineOptions(model=MODEL, device="cpu", engine="torch", precision=precision,
+                                                  flip=False, upsample="auto", faces="all"))
+    embedder = pipeline.embedder
+    aligner = pipeline.aligner_with(first_pass_pixels=None if first_pass else 0)
+    pipeline._aligner = aligner  # find_faces uses the pipeline's aligner: this one, with or without the first pass
     embedder.embed([np.zeros((150, 150, 3), np.uint8)] * 20)  # first batch: oneDNN's kernels built
     t1, c1 = time.perf_counter(), time.process_time()
     if read_first:
@@ -169,7 +169,7 @@ def run_ours(photo: Path, first_pass: bool, precision: str = "fp32", read_first:
         faces = [SimpleNamespace(box=f.box, embedding=v) for f, v in zip(found, vectors)]
         problems = {}
     else:
-        faces, problems = find_faces([photo], aligner, embedder)
+        faces, problems = find_faces([photo], pipeline, workers=1)
     t2, c2 = time.perf_counter(), time.process_time()
     import torch
 

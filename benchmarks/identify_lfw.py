@@ -14,7 +14,9 @@ Protocol (open-set identification):
 Figures: closed-set rank-1 (queries only), DIR @ FAR (detection and identification rate: the
 share of known queries named right while at most that share of strangers get a name, the
 threshold read off the strangers), and the share of strangers named (and DIR) at the default
-operating point, whose threshold comes from the model record and was fixed beforehand.
+operating point, whose threshold comes from the model record and was fixed beforehand; then the
+same at the point `facenet identify` now uses, calibrated for this gallery against the model's
+stranger cohort (the cohort's people left out of the strangers; benchmarks/gallery_calibration.py).
 
 Calibration (`--calibrate`): on the people of LFW's peopleDevTrain.txt only. Galleries of about
 10, 158 and 1,000 of those people (several random draws each; up to 5 enrolled images per
@@ -50,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import LFW_IMAGES, make_tree, people_with_images, run_facenet_here, shell_line, spread  # noqa: E402
 from facenet_cli.models.catalogue import get_record  # noqa: E402
 from facenet_cli.errors import FacenetError  # noqa: E402
-from facenet_cli.store.gallery import Enrolment, GalleryModel  # noqa: E402
+from facenet_cli.store.types import Enrolment, GalleryModel  # noqa: E402
 from facenet_cli.recognition.identify import Matcher, OperatingCurve, operating_curve  # noqa: E402
 from facenet_cli.formats.reps import read_reps  # noqa: E402
 
@@ -192,6 +194,27 @@ def figures(p: Protocol, method: str = "mean", gate: dict | None = None, thresho
     out["strangers_named"] = float((s_scores <= t).mean())
     out["dir_at_point"] = float((right & (scores <= t)).mean())
     return out
+
+
+def per_gallery_point(faces: Faces, names: set[str], method: str, gate: dict, curve) -> dict | None:
+    """The default point as identify sets it now: calibrated for this gallery against the model's
+    stranger cohort (recognition/calibration.py); the cohort's people are left out of the strangers
+    (benchmarks/gallery_calibration.py's split). None before the cohort ships."""
+    from facenet_cli.recognition.calibration import calibrate, cohort_spec, load_cohort
+    from gallery_calibration import split_people
+
+    spec = cohort_spec(get_record("dlib-resnet.v1").to_dict())
+    if not spec:
+        return None
+    cohort_people, _ = split_people(faces)
+    p = protocol(faces, names - set(cohort_people))
+    matcher = Matcher(p.enrolment, method=method, gate=gate, curve=curve)
+    matcher.use_calibration(calibrate(matcher, load_cohort(spec)))
+    chosen, scores = answers(matcher, p.queries)
+    _, s_scores = answers(matcher, p.strangers)
+    t = matcher.threshold
+    return {"threshold": t, "strangers_named": float((s_scores <= t).mean()),
+            "dir_at_point": float(((chosen == p.query_people) & (scores <= t)).mean())}
 
 
 # ------------------------------------------------------------------ calibration
@@ -354,6 +377,11 @@ def main() -> None:
               f"(threshold {base['threshold']:.3f}) | {ours['strangers_named']:.4f} (FAR 1 %, threshold "
               f"{ours['threshold']:.4f} for {p.enrolment.size} people) |")
         print(f"| DIR at the default operating point | {base['dir_at_point']:.4f} | {ours['dir_at_point']:.4f} |")
+        calibrated = per_gallery_point(faces, names, method, gate, curve)
+        if calibrated is not None:
+            print(f"| per-gallery calibration (shipped stranger cohort; its people left out of the strangers): "
+                  f"strangers named / DIR at FAR 1 % | | {calibrated['strangers_named']:.4f} / "
+                  f"{calibrated['dir_at_point']:.4f} (threshold {calibrated['threshold']:.4f}) |")
         if not args.quick:
             for other in ("mean", "nearest", "knn", "svm"):
                 if other == method:

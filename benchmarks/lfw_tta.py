@@ -4,6 +4,7 @@ test-time augmentation (`--tta N` jittered copies), on crops aligned once.
     python benchmarks/lfw_tta.py --view 1 --variant fp32:flip --variant fp32:flip:tta4
     python benchmarks/lfw_tta.py --view 2 --variant int8:flip --threads 1
     python benchmarks/lfw_tta.py --quick
+    python benchmarks/lfw_tta.py --view 2 --variant fp32:flip --variant bf16:flip --variant int8:flip --mixed
 
 Each variant embeds only the aligned crops the protocol's pairs name (View 1: pairsDevTrain +
 pairsDevTest, the threshold chosen on the first, accuracy on the second; View 2: pairs.txt, 10
@@ -11,6 +12,8 @@ folds), with `represent_tree` into work/lfw-speed/view<V>/<variant>/reps, then m
 `evaluate_lfw` as `facenet lfw-roc REPS PAIRS OUT [--train-pairs ...]` does (the command is printed).
 A variant whose reps already exist is measured again without re-embedding (`--fresh` redoes it).
 The crops default to work/lfw-all/aligned, the README's View 2 alignment of all 13,233 images.
+`--mixed` also scores each variant against the first (every pair's first image from the first
+variant: a gallery made in one precision and queried in another) at the model's fixed threshold.
 `--quick` (10 + 10 pairs of each View 1 file, or 2 + 2 of each View 2 fold) aligns the images its
 pairs name itself, with that same `facenet align`, into WORK/view<V>-quick/aligned, a folder it
 empties first (seconds of work; nothing from an earlier run, of another size, is reused).
@@ -39,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--errors", action="store_true", help="list the wrong pairs of each variant")
+    parser.add_argument("--mixed", action="store_true",
+                        help="also score each variant against the first one (a gallery made in one precision, "
+                        "queried in another): the first image of every pair from the first variant, at the "
+                        "model's fixed threshold, and how far each face moved")
     parser.add_argument("--quick", action="store_true",
                         help="2 + 2 pairs per fold of View 2 (or 10 + 10 of each View 1 file), aligned here: "
                         "same steps, figures not quotable")
@@ -63,6 +70,40 @@ def parse_variant(text: str) -> dict:
         else:
             raise SystemExit(f"unknown variant part {part!r} in {text!r}; use PRECISION[:flip][:ttaN]")
     return variant
+
+
+def mixed_table(pairs, folders: dict, threshold: float) -> None:
+    """Accuracy at the model's threshold with each pair's first image from the first variant and
+    its second from another (the operating points were calibrated in fp32: does a gallery made in
+    bf16 or int8 still match?), verdicts changed against the first variant alone, and per face
+    the squared L2 to the first variant's vector (median / max / faces over 0.0008)."""
+    import numpy as np
+
+    from facenet_cli.evaluate.lfw import read_pairs
+    from facenet_cli.formats.reps import read_reps
+
+    def by_key(reps_dir):
+        reps = read_reps(reps_dir)
+        return {f"{Path(p).parent.name}/{Path(p).stem}": v for p, v in zip(reps.paths, reps.embeddings)}
+
+    pairs = read_pairs(pairs)
+    first_keys, second_keys = pairs.keys()
+    tables = {text: by_key(folder) for text, folder in folders.items()}
+    base_name, base = next(iter(tables.items()))
+
+    def distances(a, b):
+        return np.array([float(((a[x] - b[y]) ** 2).sum()) for x, y in zip(first_keys, second_keys)])
+
+    reference = distances(base, base)
+    print(f"\nmixed: first image of each pair from {base_name}, second from the variant; threshold {threshold:.3f}")
+    print(f"{'variant':22} {'accuracy':>9} {'changed':>8} {'max |d change|':>15} {'face sq. L2 median':>19} "
+          f"{'max':>8} {'> 0.0008':>9}")
+    for text, table in tables.items():
+        d = distances(base, table)
+        moved = np.array([float(((table[k] - base[k]) ** 2).sum()) for k in base])
+        print(f"{text:22} {((d <= threshold) == pairs.same).mean():9.4f} "
+              f"{int(((d <= threshold) != (reference <= threshold)).sum()):8d} {np.abs(d - reference).max():15.4f} "
+              f"{np.median(moved):19.6f} {moved.max():8.6f} {int((moved > 0.0008).sum()):9d}")
 
 
 ALIGN_OPTIONS = ["--faces", "center-only", "--detector", "hog+cnn", "--fallback", "center"]  # README, View 2
@@ -133,10 +174,12 @@ def main() -> None:
         crops = aligned_subset(ARGS.aligned, images, root / "aligned")
     record = get_record("dlib-resnet.v1")
     rows = []
+    folders = {}
     for text in variants:
         variant = parse_variant(text)
         folder = root / text.replace(":", "-")
         reps = folder / "reps"
+        folders[text] = reps
         seconds = None
         if ARGS.fresh or not (reps / "meta.json").is_file():
             embedder = Embedder(record, device="cpu", batch_size=ARGS.batch_size, **variant)
@@ -161,6 +204,8 @@ def main() -> None:
         passes = (1 + v["tta"]) * (2 if v["flip"] else 1)
         rate = f"{count / seconds:8.1f}" if seconds else f"{'reused':>8}"
         print(f"{text:22} {passes:11d} {result.accuracy_mean:8.4f} +- {result.accuracy_std:.4f} {result.auc:7.4f} {rate}")
+    if ARGS.mixed:
+        mixed_table(pairs, folders, record.threshold)
 
 
 if __name__ == "__main__":

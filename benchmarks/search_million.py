@@ -325,7 +325,7 @@ def run_exact_sizes(args) -> dict:
 
     from facenet_cli.models.catalogue import get_record
     from facenet_cli.store.face_index import FaceIndex
-    from facenet_cli.store.gallery import Enrolment, GalleryModel
+    from facenet_cli.store.types import Enrolment, GalleryModel
     from facenet_cli.recognition.identify import matcher_for
 
     sizes = [3000, 10000, 30000, 100000] if not args.quick else [500, 2000]

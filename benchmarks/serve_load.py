@@ -1,6 +1,6 @@
 """Frames per second and latency of `facenet serve` under one and four WebSocket clients, side by side.
 
-    python benchmarks/serve_load.py [--seconds 20] [--quick]
+    python benchmarks/serve_load.py [--seconds 20] [--detector hog] [--min-face PX] [--side 400] [--quick]
 
 Starts `facenet serve` as its own process on 127.0.0.1 (a gallery of LFW people enrolled through
 the HTTP API), then runs, one after the other on the same server:
@@ -9,7 +9,9 @@ the HTTP API), then runs, one after the other on the same server:
 - 1 client that sends 30 frames per second whatever happens (the server keeps only the newest
   frame, so answers stay current and stale frames are dropped, never queued).
 Latency is from a frame sent to its answer received (median, 95th percentile); fps is answers
-per second per client and for all clients together. `--quick`: 3 s per row.
+per second per client and for all clients together. `--detector`/`--min-face`: the server's;
+`--side`: each LFW photo is scaled to SIDE px in the frame (400: a face of about 150 px; 100: one
+of about 34 px, which only mtcnn finds at the default --detect-width). `--quick`: 3 s per row.
 """
 from __future__ import annotations
 
@@ -34,7 +36,10 @@ PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Gerhard_Schroeder
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0, help="how long each row runs")
-    parser.add_argument("--workers", type=int, default=1, help="`facenet serve --workers`")
+    parser.add_argument("--workers", type=int, default=1, help="`facenet serve --frames-at-once`")
+    parser.add_argument("--detector", default=None, help="`facenet serve --detector` (default: serve's)")
+    parser.add_argument("--min-face", type=int, default=None, help="`facenet serve --min-face`")
+    parser.add_argument("--side", type=int, default=400, help="pixels each LFW photo is scaled to in the frame")
     parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
     return parser
 
@@ -45,8 +50,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_frames(count: int) -> list[bytes]:
-    """640x480 JPEGs with one face each, LFW photos of the gallery's people scaled to 400 px."""
+def make_frames(count: int, side: int = 400) -> list[bytes]:
+    """640x480 JPEGs with one face each, LFW photos of the gallery's people scaled to `side` px."""
     from facenet_cli.images import read_rgb
     from facenet_cli.serve.fakecam import compose_frame, jpeg
 
@@ -55,13 +60,13 @@ def make_frames(count: int) -> list[bytes]:
     for i in range(count):
         person = PEOPLE[i % len(PEOPLE)]
         image = sorted((lfw / person).glob("*.jpg"))[10 + i // len(PEOPLE)]
-        frames.append(jpeg(compose_frame([read_rgb(image)], 400, shift=(i % 5, i % 3))))
+        frames.append(jpeg(compose_frame([read_rgb(image)], side, shift=(i % 5, i % 3))))
     return frames
 
 
-def start_server(gallery: Path, port: int, workers: int) -> subprocess.Popen:
+def start_server(gallery: Path, port: int, workers: int, detection: tuple[str, ...] = ()) -> subprocess.Popen:
     command = [sys.executable, "-m", "facenet_cli", "serve", str(gallery), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", str(workers)]
+               "--port", str(port), "--frames-at-once", str(workers), *detection]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     line = process.stdout.readline()  # "facenet serve: open URL" once the models are loaded
     if "open http" not in line:
@@ -180,10 +185,12 @@ def main() -> None:
     args = build_parser().parse_args()
     if args.quick:
         args.seconds = 3.0
-    frames = make_frames(10 if args.quick else 30)
+    frames = make_frames(10 if args.quick else 30, args.side)
     work = Path(tempfile.mkdtemp(prefix="facenet-serve-bench-"))
     port = free_port()
-    server = start_server(work / "people.gallery", port, args.workers)
+    detection = (("--detector", args.detector) if args.detector else ()) + \
+        (("--min-face", str(args.min_face)) if args.min_face else ())
+    server = start_server(work / "people.gallery", port, args.workers, detection)
     try:
         url = f"http://127.0.0.1:{port}/"
         enrolled = enrol(url)
@@ -201,9 +208,11 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
     load = os.getloadavg()
-    print(f"facenet serve, 640x480 JPEG frames with one face ({len(frames)} distinct, "
+    print(f"$ python benchmarks/serve_load.py {' '.join(sys.argv[1:])}")
+    print(f"facenet serve {' '.join(detection) or '(default detector)'}, 640x480 JPEG frames with one face "
+          f"(LFW photos at {args.side} px; {len(frames)} distinct, "
           f"{statistics.mean(map(len, frames)) / 1024:.0f} KB), gallery of {enrolled} faces of {len(PEOPLE)} "
-          f"people, --workers {args.workers}, {os.cpu_count()} cores, load average {load_before:.1f} before and "
+          f"people, --frames-at-once {args.workers}, {os.cpu_count()} cores, load average {load_before:.1f} before and "
           f"{load[0]:.1f} after, "
           f"{args.seconds:g} s per row")
     print()

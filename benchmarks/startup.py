@@ -35,23 +35,20 @@ from _common import DATA, QUICK_HELP, shell_line  # noqa: E402
 
 SERIAL_COMPARE = """
 import sys
-from facenet_cli.align.aligner import FaceAligner
 from facenet_cli.cli._app import load_embedder
+from facenet_cli.pipeline.face_pipeline import FacePipeline
 from facenet_cli.recognition.compare import compare_photos
 embedder = load_embedder("dlib-resnet.v1", "auto", engine="auto")
-aligner = FaceAligner(embedder.record.align, "hog", "auto", "all", "none")
-print(compare_photos(sys.argv[1:], aligner, embedder, workers=1).to_dict()["pairs"])
+pipeline = FacePipeline.of_embedder(embedder)  # hog, upsample auto, every face, no fallback
+print(compare_photos(sys.argv[1:], pipeline, workers=1).to_dict()["pairs"])
 """
 
 PLAIN_COMPARE = """
 import sys
-from facenet_cli.align.aligner import FaceAligner
+from facenet_cli.pipeline.face_pipeline import FacePipeline, PipelineOptions
 from facenet_cli.recognition.compare import compare_photos
-from facenet_cli.nets.embedder import Embedder
-from facenet_cli.models.hub import resolve_model
-embedder = Embedder(resolve_model("dlib-resnet.v1"), device="auto", engine="torch")
-aligner = FaceAligner(embedder.record.align, "hog", "auto", "all", "none")
-result = compare_photos(sys.argv[1:], aligner, embedder)
+pipeline = FacePipeline.build(PipelineOptions(model="dlib-resnet.v1", device="auto", engine="torch", flip=False))
+result = compare_photos(sys.argv[1:], pipeline)
 print(result.to_dict()["pairs"])
 """
 

@@ -31,8 +31,12 @@ _EXPORTS = {
     "RepsWriter": "formats.reps", "read_reps": "formats.reps", "Reps": "formats.reps",
     "read_pairs": "evaluate.lfw", "evaluate_lfw": "evaluate.report", "evaluate_distances": "evaluate.verification",
     "tsne_map": "evaluate.tsne",
-    "Gallery": "store.gallery", "identify": "recognition.identify", "search_gallery": "recognition.identify",
+    "Gallery": "store.sqlite", "GalleryStore": "store.protocol", "open_store": "store.registry",
+    "register_store": "store.registry", "identify": "recognition.identify", "search_gallery": "recognition.identify",
     "cluster_faces": "recognition.cluster", "RayExecutor": "executors.ray",
+    "Executor": "executors", "get_executor": "executors", "register_executor": "executors",
+    "LocalExecutor": "executors.local", "Progress": "progress", "PhotoFaces": "pipeline.face_pipeline",
+    "Matcher": "recognition.matcher", "NothingFound": "errors",
     "FacenetError": "errors", "BadImage": "errors", "NoFace": "errors", "UsageError": "errors",
     "DataError": "errors", "UnknownModel": "errors", "ChecksumMismatch": "errors",
 }

@@ -52,6 +52,15 @@ class FacePolicy(Choice):
     skip_multi = "skip-multi"
 
 
+class GalleryFacePolicy(Choice):
+    """`gallery add --faces`: one face per photo is enrolled, so no `all`."""
+
+    skip_multi = "skip-multi"
+    largest = "largest"
+    center = "center"
+    center_only = "center-only"
+
+
 class Fallback(Choice):
     none = "none"
     center = "center"
@@ -108,16 +117,22 @@ class IdentifyMethod(Choice):
 
 
 class Precision(Choice):
-    """`--precision`: the network's arithmetic (embed.PRECISIONS)."""
+    """`--precision`: the network's arithmetic (embedder.PRECISIONS; auto: nets/precision.py)."""
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
     int8 = "int8"
 
 
-class Executor(Choice):
-    """`--executor` of align and represent: this machine's processes, or the tasks and actors of a Ray cluster."""
-    local = "local"
-    ray = "ray"
+def _executor_choice() -> type[Choice]:
+    """`--executor`: where the batch work runs, one choice per file of facenet_cli/executors/
+    (local: this machine's processes; ray: the tasks and actors of a Ray cluster)."""
+    from .executors import BUILTIN_EXECUTORS
+
+    return Choice("Executor", [(name, name) for name in BUILTIN_EXECUTORS], module=__name__, qualname="Executor")
+
+
+Executor = _executor_choice()
 
 
 class IndexUse(Choice):

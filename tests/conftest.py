@@ -102,10 +102,19 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def engine():
-    """The default model's aligner (all faces, upsample auto) and flip embedder, loaded once for
-    the gallery, identify and search tests."""
-    from facenet_cli import Embedder, FaceAligner, resolve_model
+def face_pipeline():
+    """The default model's pipeline (all faces, upsample auto, flip), loaded once for the gallery,
+    identify, search and cluster tests."""
+    from facenet_cli.pipeline.face_pipeline import FacePipeline, PipelineOptions
 
-    record = resolve_model("dlib-resnet.v1")
-    return FaceAligner(record.align, upsample="auto", faces="all"), Embedder(record, flip=True)
+    return FacePipeline.build(PipelineOptions(model="dlib-resnet.v1", upsample="auto", faces="all", flip=True))
+
+
+@pytest.fixture(scope="session")
+def engine(face_pipeline):
+    """The parts of `face_pipeline`: its aligner and its embedder."""
+    return face_pipeline.aligner, face_pipeline.embedder
+
+
+# Every store in turn: `gallery_location` (a SQLite path, then a PostgreSQL URL) and its server.
+from tests.gallery_stores import gallery_location, postgres_url  # noqa: E402,F401

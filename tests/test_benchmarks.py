@@ -1,6 +1,6 @@
 """Every benchmark script runs: its `--quick` mode (the same steps and table on a few dozen real
 LFW images) as a subprocess, with the printed figures checked against floors a working pipeline
-clears and a broken one does not. The train_lfw_dev sequence is the README's, as shown.
+clears and a broken one does not. The train_lfw_dev sequence is docs/TRAINING.md's, as shown.
 
 Quick figures come from too few images to quote; the floors are set well below what the full
 runs measure, and above what a broken step (random embeddings, wrong faces, lost files) gives.
@@ -106,7 +106,7 @@ def test_lfw_view2_quick(tmp_path):
     out = run_quick("lfw_view2", "--out", tmp_path)
     images, aligned, fallback, no_face, unreadable, other = figure(
         r"^images: (\d+); aligned (\d+), centre-box fallback (\d+), no face (\d+), unreadable (\d+), other (\d+)", out)
-    # With the centre-box fallback every LFW image gets a crop (the README's View 2 pipeline).
+    # With the centre-box fallback every LFW image gets a crop (the View 2 pipeline of README.md and docs/ACCURACY.md).
     assert aligned + fallback == images > 60 and no_face == unreadable == other == 0
     accuracy, std = figure(rf"^facenet \(this run\)\s+{NUMBER} ± {NUMBER}", out)
     assert accuracy >= 0.9  # 40 pairs, 4 per fold
@@ -115,7 +115,7 @@ def test_lfw_view2_quick(tmp_path):
 
 
 def test_train_lfw_dev_readme_sequence_quick(tmp_path):
-    """The README's order: prepare, teacher, random, triplet, then distill as the README's last
+    """docs/TRAINING.md's order: prepare, teacher, random, triplet, then distill as its last
     line gives it (no --teacher: it must find what the teacher step wrote)."""
     work = tmp_path / "train-dev"
     run_quick("train_lfw_dev", "prepare", "teacher", "random", "triplet", "--work", work, timeout=400)
@@ -280,3 +280,20 @@ def test_align_levers_quick():
     assert ratio == pytest.approx(plain / alone, rel=0.05) and faces >= 8  # the cut-out detector works
     default_ms, default_ratio, default_kb = figure(rf"^OpenCV's default \(align's\)\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}", out)
     assert default_ratio == 1.0 and 10 < default_kb < 80  # a 150x150 colour crop, losslessly compressed
+
+
+def test_gallery_calibration_quick(tmp_path):
+    """Per-gallery calibration on its own few held-out people: strangers named within the FAR's
+    sampling error in every row, known faces named."""
+    out = run_quick("gallery_calibration", "--work", tmp_path)
+    rows = re.findall(rf"^\| (\d+) \| ([^|]+) \| (\d+) \| {NUMBER} (ok|ABOVE) \| 0\.01 \+ {NUMBER} \| {NUMBER} \| "
+                      rf"{NUMBER} \|", out, re.M)
+    assert len(rows) == 9, out
+    for size, composition, draws, named, verdict, error, worst, right in rows:
+        assert verdict == "ok" and float(named) <= 0.01 + float(error), (size, composition)
+        assert float(right) >= 0.8, (size, composition, right)
+
+
+def test_gallery_calibration_without_embeddings_says_how_to_make_them(tmp_path):
+    message = run_missing_input("gallery_calibration", "--work", tmp_path)
+    assert f"facenet represent {tmp_path}/lfw-all/aligned {tmp_path}/lfw-all/reps --flip" in message

@@ -170,10 +170,10 @@ def test_hard_links_share_the_crop(lfw_reps, tmp_path):
 
 
 def test_cli_json_summary(run_cli, lfw_reps, tmp_path):
-    result = run_cli("cluster", lfw_reps, tmp_path / "out", "--json", "--threshold", "0.12")
+    result = run_cli("cluster", lfw_reps, tmp_path / "out", "--json", "--max-distance", "0.12")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["threshold"] == 0.12 and summary["threshold_source"] == "--threshold"
+    assert summary["threshold"] == 0.12 and summary["threshold_source"] == "--max-distance"
     assert summary["faces"] == 46 and sum(summary["sizes"]) + summary["unknown"] == 46
     assert summary["clusters"] == len(summary["sizes"]) >= 5
 
@@ -186,7 +186,7 @@ def test_photos_are_detected_aligned_and_grouped(run_cli, examples_dir, tmp_path
     from PIL import Image
     Image.new("RGB", (200, 200), (90, 140, 200)).save(photos / "sky.png")  # no face
     (photos / "notes.jpg").write_text("not an image")
-    result = run_cli("cluster", photos, tmp_path / "out", "--json", "--threshold", "0.15")
+    result = run_cli("cluster", photos, tmp_path / "out", "--json", "--max-distance", "0.15")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert sum(summary["photos"].values()) == 6  # every file has one outcome
@@ -220,7 +220,7 @@ def test_bad_input_gets_one_sentence(run_cli, lfw_reps, tmp_path):
 
     Image.new("RGB", (120, 120), (200, 200, 200)).save(faceless / "wall.png")
     result = run_cli("cluster", faceless, tmp_path / "o3")
-    assert result.exit_code == 1 and "No face was found in any of the 1 files" in result.stderr
+    assert result.exit_code == 3 and "No face was found in any of the 1 files" in result.stderr  # NothingFound
 
     # OpenFace's own reps folders have no meta.json, so no model and no calibrated threshold.
     bare = tmp_path / "bare"
@@ -228,7 +228,7 @@ def test_bad_input_gets_one_sentence(run_cli, lfw_reps, tmp_path):
     shutil.copy(lfw_reps / "labels.csv", bare / "labels.csv")
     shutil.copy(lfw_reps / "reps.csv", bare / "reps.csv")
     result = run_cli("cluster", bare, tmp_path / "o4")
-    assert result.exit_code == 2 and "pass --threshold" in result.stderr
-    assert run_cli("cluster", bare, tmp_path / "o4", "--threshold", "0.12").exit_code == 0
+    assert result.exit_code == 2 and "pass --max-distance" in result.stderr
+    assert run_cli("cluster", bare, tmp_path / "o4", "--max-distance", "0.12").exit_code == 0
 
-    assert run_cli("cluster", lfw_reps, tmp_path / "o5", "--threshold", "-1").exit_code == 2
+    assert run_cli("cluster", lfw_reps, tmp_path / "o5", "--max-distance", "-1").exit_code == 2

@@ -157,7 +157,7 @@ def test_each_builtin_detector_describes_itself_in_help(run_cli):
 
 
 def test_the_builtin_detectors_are_the_clis_choices():
-    assert detector_names(builtin_only=True) == ("hog", "cnn", "hog+cnn", "hog-fast")
+    assert detector_names(builtin_only=True) == ("hog", "cnn", "hog+cnn", "hog-fast", "mtcnn")
     assert choices.values(choices.Detector) == detector_names(builtin_only=True)
     assert choices.Detector.hog_cnn.value == "hog+cnn" and str(choices.Detector.hog_fast) == "hog-fast"
     assert detector_files("cnn") == detector_files("hog+cnn") == (resources.CNN_FACE_DETECTOR,)
@@ -183,7 +183,7 @@ def test_an_unknown_detector_is_one_sentence():
         with pytest.raises(UsageError) as info:
             build()
         message = str(info.value)
-        assert message == "--detector must be one of hog, cnn, hog+cnn, hog-fast, not 'yolo'."
+        assert message == "--detector must be one of hog, cnn, hog+cnn, hog-fast, mtcnn, not 'yolo'."
 
 
 def test_the_cli_refuses_an_unknown_detector_before_loading(run_cli, tmp_path):

@@ -136,7 +136,8 @@ def test_fetch_models_lists_the_damaged_file_and_fails_to_verify_it(dlib_models,
     assert listed.exit_code == 0, listed.output
     states = {row["name"]: row["status"] for row in json.loads(listed.stdout)["files"]}
     assert states == {DEFAULT_MODEL: "present", "dlib-landmarks-68": "present", "dlib-landmarks-5": "checksum-bad",
-                      "dlib-cnn-detector": "present"}
+                      "dlib-cnn-detector": "present",
+                      "mtcnn-pnet": "present", "mtcnn-rnet": "present", "mtcnn-onet": "present"}
 
     fetched = run_cli("fetch-models", "--json")
     assert fetched.exit_code == 1

@@ -52,7 +52,8 @@ def test_json_lists_every_file_the_engine_loads_with_its_status(server, cache):
     document = json.loads(result.stdout)  # nothing but the JSON document on stdout
     by_name = {row["name"]: row for row in document["files"]}
     assert statuses(result) == {DEFAULT_MODEL: "present", "test-url-model": "missing", "dlib-landmarks-68": "present",
-                                "dlib-landmarks-5": "present", "dlib-cnn-detector": "present"}
+                                "dlib-landmarks-5": "present", "dlib-cnn-detector": "present",
+                                "mtcnn-pnet": "present", "mtcnn-rnet": "present", "mtcnn-onet": "present"}
     assert {by_name[n]["kind"] for n in ("dlib-landmarks-68", "dlib-landmarks-5")} == {"landmarks"}
     assert by_name["dlib-cnn-detector"]["kind"] == "detector" and by_name[DEFAULT_MODEL]["kind"] == "embedding"
     assert by_name["dlib-landmarks-5"]["path"].endswith("shape_predictor_5_face_landmarks.dat")

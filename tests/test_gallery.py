@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facenet_cli.pipeline.face_pipeline import PipelineOptions
 from tests.helpers import copy_people
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +99,7 @@ def test_adding_again_embeds_nothing_and_refuses_the_same_image(enrolled, known,
 
 def test_list_json_and_table(enrolled, run_cli):
     path, _ = enrolled
-    listed = run_cli("gallery", "list", path, "--json", "--faces")
+    listed = run_cli("gallery", "list", path, "--json", "--with-faces")
     assert listed.exit_code == 0, listed.stderr
     data = json.loads(listed.stdout)
     assert {p["name"]: p["faces"] for p in data["people"]} == PEOPLE
@@ -176,7 +177,7 @@ def test_photo_outcomes_no_face_several_faces_unreadable(examples_dir, known, lf
     (folder / "Nobody" / "broken.jpg").write_bytes(b"not a jpeg at all")
     gallery = tmp_path / "g.gallery"
     result = run_cli("gallery", "add", gallery, folder, "--json")
-    assert result.exit_code == 1, result.stdout  # nothing could be added at all
+    assert result.exit_code == 3, result.stdout  # nothing could be added at all: "nothing found"
     report = json.loads(result.stdout)
     status = {Path(o["input"]).name: o["status"] for o in report["outcomes"]}
     assert status == {"pair.jpg": "multiple-faces", "wall.jpg": "no-face", "broken.jpg": "unreadable",
@@ -271,7 +272,7 @@ def test_two_processes_adding_at_once_both_land(known, tmp_path):
 
 def test_python_api_names(enrolled):
     from facenet_cli import Gallery
-    from facenet_cli.store.gallery import name_problem, normalise_name
+    from facenet_cli.store.names import name_problem, normalise_name
 
     assert normalise_name("Jose\u0301") == unicodedata.normalize("NFC", "Jos\u00e9")
     assert name_problem("Ren\u00e9e O'Hara-Smith") is None
@@ -280,16 +281,19 @@ def test_python_api_names(enrolled):
 
 
 @pytest.mark.slow  # real processes interrupted or killed
-def test_killed_add_keeps_what_landed_and_a_rerun_finishes(known, tmp_path):
+def test_killed_add_keeps_what_landed_and_a_rerun_finishes(lfw_images, tmp_path):
     """kill -9 in the middle of `gallery add`: the gallery stays readable with every face that
     landed, and the same command run again adds the rest without embedding those again. Faces
-    land a batch at a time (one transaction each): batches of 2 here, so the kill comes between."""
+    land a batch at a time (one transaction each): batches of 2 here, so the kill comes between.
+    40 photos in one process, fp32: a run long enough (seconds) on any CPU to be caught midway."""
     import signal
     import time
 
+    people = {"Colin_Powell": 10, "Tony_Blair": 10, "George_W_Bush": 10, "Gerhard_Schroeder": 10}
+    known = copy_people(lfw_images, tmp_path / "known", people)
     gallery = tmp_path / "killed.gallery"
     command = [sys.executable, "-m", "facenet_cli", "gallery", "add", str(gallery), str(known), "--json",
-               "--batch-size", "2"]
+               "--batch-size", "2", "--workers", "1", "--precision", "fp32"]
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     landed = 0
     deadline = time.monotonic() + 240
@@ -305,7 +309,7 @@ def test_killed_add_keeps_what_landed_and_a_rerun_finishes(known, tmp_path):
         time.sleep(0.05)
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
-    assert 2 <= landed < sum(PEOPLE.values()), "the run was not caught in the middle"
+    assert 2 <= landed < sum(people.values()), "the run was not caught in the middle"
     with sqlite3.connect(gallery) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -317,9 +321,9 @@ def test_killed_add_keeps_what_landed_and_a_rerun_finishes(known, tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     counts = json.loads(done.stdout)["counts"]
-    assert counts["already-in"] == before and counts["added"] == sum(PEOPLE.values()) - before
+    assert counts["already-in"] == before and counts["added"] == sum(people.values()) - before
     with Gallery(gallery) as g:
-        assert dict(g.people()) == PEOPLE
+        assert dict(g.people()) == people
 
 
 def test_aligned_crops_and_links_to_them_are_enrolled_as_they_are(known, tmp_path, run_cli):
@@ -370,7 +374,7 @@ def test_photos_are_embedded_in_batches_equal_to_one_at_a_time(known, tmp_path, 
     the same image twice in one batch is embedded once."""
     from facenet_cli import Gallery
     from facenet_cli.nets.embedder import Embedder
-    from facenet_cli.store.gallery import add_to_gallery, plan_known_folder
+    from facenet_cli.recognition.enrol import add_to_gallery, plan_known_folder
 
     folder = tmp_path / "known"
     shutil.copytree(known, folder)
@@ -380,9 +384,9 @@ def test_photos_are_embedded_in_batches_equal_to_one_at_a_time(known, tmp_path, 
     real_embed = Embedder.embed
     monkeypatch.setattr(Embedder, "embed", lambda self, images, raw=False: calls.append(len(images))
                         or real_embed(self, images, raw))
-    report = add_to_gallery(tmp_path / "batched.gallery", [folder], batch_size=3)
+    report = add_to_gallery(tmp_path / "batched.gallery", [folder], pipeline=PipelineOptions(batch_size=3))
     batched_calls, calls[:] = list(calls), []
-    single = add_to_gallery(tmp_path / "single.gallery", [folder], batch_size=1)
+    single = add_to_gallery(tmp_path / "single.gallery", [folder], pipeline=PipelineOptions(batch_size=1))
     photos = sum(PEOPLE.values())
     assert batched_calls == [3] * (photos // 3) + ([photos % 3] if photos % 3 else [])
     assert calls == [1] * photos
@@ -400,3 +404,29 @@ def test_photos_are_embedded_in_batches_equal_to_one_at_a_time(known, tmp_path, 
     assert mine.keys() == theirs.keys() and len(mine) == photos
     for source, vector in mine.items():
         assert np.allclose(vector, theirs[source], atol=1e-5), source
+
+
+def test_workers_find_the_faces_and_the_gallery_is_the_same(enrolled, known, tmp_path, run_cli):
+    """`gallery add --workers 2` (faces found and aligned in two forked processes, through the
+    local executor) enrols what the one-process run enrolled, in the same order, with the same
+    embeddings and outcomes; an unknown executor is one sentence."""
+    from facenet_cli import Gallery
+
+    path, report = enrolled
+    two = tmp_path / "two.gallery"
+    (known / "Nobody").mkdir(exist_ok=True)
+    (known / "Nobody" / "broken.jpg").write_bytes(b"not a jpeg")
+    try:
+        result = run_cli("gallery", "add", two, known, "--workers", "2", "--executor", "local", "--json")
+    finally:
+        shutil.rmtree(known / "Nobody")
+    assert result.exit_code == 0, result.stderr
+    parallel = json.loads(result.stdout)
+    assert parallel["counts"]["added"] == report["counts"]["added"] and parallel["counts"]["unreadable"] == 1
+    with Gallery(path) as one_process, Gallery(two) as two_processes:
+        a, b = one_process.enrolment(), two_processes.enrolment()
+        assert [(f.person, f.source, f.box) for f in one_process.faces()] == \
+            [(f.person, f.source, f.box) for f in two_processes.faces()]
+    assert a.names == b.names and np.allclose(a.embeddings, b.embeddings, atol=1e-5)
+    refused = run_cli("gallery", "add", tmp_path / "x.gallery", known, "--executor", "nowhere")
+    assert refused.exit_code == 2 and "--executor" in refused.stderr

@@ -41,7 +41,7 @@ def known(lfw_images, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def enrolled(known, tmp_path_factory) -> Path:
     """The six photos enrolled once, from their own folder's parent (sources relative)."""
-    from facenet_cli.store.gallery import add_to_gallery
+    from facenet_cli.recognition.enrol import add_to_gallery
 
     path = tmp_path_factory.mktemp("gallery") / "people.gallery"
     cwd = os.getcwd()

@@ -26,7 +26,7 @@ def known(lfw_images, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def enrolled(known, tmp_path_factory) -> Path:
-    from facenet_cli.store.gallery import add_to_gallery
+    from facenet_cli.recognition.enrol import add_to_gallery
 
     path = tmp_path_factory.mktemp("gallery") / "people.gallery"
     assert add_to_gallery(path, [known]).counts()["added"] == sum(PEOPLE.values())
@@ -74,7 +74,7 @@ def set_info(path: Path, key: str, value: str | None) -> None:
 @pytest.mark.parametrize("name", ["Ada\n", "\nAda", "Ada\r", "Ada\u2028", "\u200bAda", "A\u0007da", "Ada\u2029 B"])
 def test_control_characters_anywhere_in_a_name_are_refused(known, tmp_path, run_cli, name):
     """A line break at either end used to be stripped away silently (the name enrolled as `Ada`)."""
-    from facenet_cli.store.gallery import name_problem
+    from facenet_cli.store.names import name_problem
 
     assert name_problem(name) and "control character" in name_problem(name)
     result = run_cli("gallery", "add", tmp_path / "g.gallery", "--name", name, photo_of(known, "Colin_Powell"))
@@ -102,7 +102,7 @@ def test_a_person_folder_with_a_line_break_is_a_bad_name_outcome(known, tmp_path
 ])
 def test_names_are_checked_in_nfkc(known, tmp_path, run_cli, name, fragment):
     from facenet_cli.errors import UsageError
-    from facenet_cli.store.gallery import normalise_name
+    from facenet_cli.store.names import normalise_name
 
     with pytest.raises(UsageError, match=fragment):
         normalise_name(name)
@@ -110,18 +110,18 @@ def test_names_are_checked_in_nfkc(known, tmp_path, run_cli, name, fragment):
     assert result.exit_code == 2 and fragment in error_line(result.stderr)
 
 
-def test_names_are_stored_in_nfkc_and_found_in_any_form(known, tmp_path, run_cli):
-    from facenet_cli import Gallery
-    from facenet_cli.store.gallery import normalise_name
+def test_names_are_stored_in_nfkc_and_found_in_any_form(known, gallery_location, run_cli):
+    from facenet_cli.store.names import normalise_name
+    from facenet_cli.store.registry import open_store
 
     assert normalise_name(" \uff27\uff52\uff41\uff43\uff45 ") == "Grace"
     assert normalise_name("Jose\u0301") == "Jos\u00e9"
-    path = tmp_path / "g.gallery"
+    path = gallery_location  # a SQLite file, then a PostgreSQL gallery
     added = run_cli("gallery", "add", path, "--name", "\uff27\uff52\uff41\uff43\uff45 Hopper",
                     photo_of(known, "Serena_Williams"), "--json")
     assert added.exit_code == 0, added.stderr
-    assert people_of(path) == {"Grace Hopper": 1}
-    with Gallery(path) as g:
+    with open_store(path) as g:
+        assert dict(g.people()) == {"Grace Hopper": 1}
         assert len(g.faces("\uff27race Hopper")) == 1  # any compatible spelling finds her
     removed = run_cli("gallery", "remove", path, "\uff27race Hopper", "--json")
     assert removed.exit_code == 0, removed.stderr
@@ -138,7 +138,7 @@ def remount_read_only(point: Path) -> None:
 
 
 def check_reads_work_and_writes_say_read_only(path: Path, known: Path, tmp_path: Path, run_cli) -> None:
-    listed = run_cli("gallery", "list", path, "--faces", "--json")
+    listed = run_cli("gallery", "list", path, "--with-faces", "--json")
     assert listed.exit_code == 0, listed.stderr
     assert {p["name"]: p["faces"] for p in json.loads(listed.stdout)["people"]} == PEOPLE
     query = photo_of(known, "Tony_Blair", 1)
@@ -227,11 +227,11 @@ def sqlite_error(fn) -> sqlite3.Error:
 def test_every_sqlite_error_class_has_its_sentence_by_code(tmp_path):
     """Real SQLite errors of each class are told apart by their code, not their text."""
     from facenet_cli.errors import DataError, DiskFull, FacenetError, WriteError
-    from facenet_cli.store.gallery import _translate_errors
+    from facenet_cli.store.sqlite_errors import translate_errors
 
     def translated(exc: sqlite3.Error) -> FacenetError:
         with pytest.raises(FacenetError) as caught:
-            with _translate_errors(tmp_path / "g.gallery", "read"):
+            with translate_errors(tmp_path / "g.gallery", "read"):
                 raise exc
         assert "\n" not in str(caught.value) and str(caught.value).endswith(".")
         return caught.value
@@ -277,7 +277,7 @@ def test_every_sqlite_error_class_has_its_sentence_by_code(tmp_path):
 def test_a_truncated_gallery_is_one_sentence(gallery, known, run_cli):
     data = gallery.read_bytes()
     gallery.write_bytes(data[:len(data) // 2])
-    for args in (("gallery", "list", gallery, "--faces"), ("identify", gallery, photo_of(known, "Tony_Blair"))):
+    for args in (("gallery", "list", gallery, "--with-faces"), ("identify", gallery, photo_of(known, "Tony_Blair"))):
         result = run_cli(*args)
         assert result.exit_code in (1, 2)
         line = error_line(result.stderr)
@@ -342,7 +342,7 @@ def test_a_non_numeric_version_is_one_sentence_everywhere(gallery, known, run_cl
         line = error_line(result.stderr)
         assert "version" in line and "gallery list" in line, args
     # The advice works: the faces and their sources are listed.
-    listed = run_cli("gallery", "list", gallery, "--faces", "--json")
+    listed = run_cli("gallery", "list", gallery, "--with-faces", "--json")
     assert listed.exit_code == 0, listed.stderr
     assert json.loads(listed.stdout)["total_faces"] == sum(PEOPLE.values())
 
@@ -361,7 +361,7 @@ def test_a_damaged_model_record_gives_advice_that_works(gallery, known, tmp_path
         assert "gallery export" not in line  # the old advice, refused with this same sentence
         assert "gallery list" in line
     # The advice: list the faces' sources, then build a new gallery from those photos.
-    listed = run_cli("gallery", "list", gallery, "--faces", "--json")
+    listed = run_cli("gallery", "list", gallery, "--with-faces", "--json")
     assert listed.exit_code == 0, listed.stderr
     data = json.loads(listed.stdout)
     assert data["total_faces"] == sum(PEOPLE.values()) and data["model"] is None
@@ -388,10 +388,11 @@ def test_a_deleted_model_record_is_refused_not_taken_for_an_empty_gallery(galler
 # ------------------------------------------------------------------ 6. the search index of a diverged copy
 
 
-def test_an_index_from_a_diverged_copy_is_rebuilt(gallery, lfw_images, tmp_path, engine):
+def test_an_index_from_a_diverged_copy_is_rebuilt(gallery, lfw_images, tmp_path, engine, face_pipeline):
     from facenet_cli import Gallery
     from facenet_cli.store.face_index import index_path
-    from facenet_cli.store.gallery import add_to_gallery, remove_from_gallery
+    from facenet_cli.recognition.enrol import add_to_gallery
+    from facenet_cli.recognition.gallery_admin import remove_from_gallery
     from facenet_cli.recognition.identify import search_gallery
 
     aligner, embedder = engine
@@ -399,7 +400,7 @@ def test_an_index_from_a_diverged_copy_is_rebuilt(gallery, lfw_images, tmp_path,
     other = sorted((lfw_images / "Serena_Williams").iterdir())[5]
 
     def search(path, use_index):
-        return search_gallery(path, query, aligner=aligner, embedder=embedder, use_index=use_index, top=8)
+        return search_gallery(path, query, pipeline=face_pipeline, use_index=use_index, top=8)
 
     assert search(gallery, "always").search == "index (built)"
     copy = tmp_path / "copy" / "people.gallery"
@@ -433,7 +434,7 @@ def test_an_index_from_a_diverged_copy_is_rebuilt(gallery, lfw_images, tmp_path,
 
 
 def test_parse_face_id():
-    from facenet_cli.store.gallery import parse_face_id
+    from facenet_cli.store.names import parse_face_id
 
     assert parse_face_id("12") == 12 and parse_face_id("0") == 0 and parse_face_id(" 7 ") == 7
     for text in ("\u0661\u0662", "\uff11\uff12", "+1", "-1", "1_000", "1.0", "", " ", "0x10", "\u00b2", "12a"):

@@ -41,7 +41,7 @@ def photos(lfw_images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gallery(photos, tmp_path_factory):
-    from facenet_cli.store.gallery import add_to_gallery
+    from facenet_cli.recognition.enrol import add_to_gallery
 
     path = tmp_path_factory.mktemp("g") / "people.gallery"
     report = add_to_gallery(path, [photos[0]])
@@ -74,31 +74,29 @@ def test_known_faces_are_named_and_strangers_are_unknown(gallery, photos, run_cl
 
 
 @pytest.mark.slow  # identifies the photos at every operating point (~20-40 s)
-def test_stricter_operating_points_name_fewer(gallery, photos, engine):
+def test_stricter_operating_points_name_fewer(gallery, photos, face_pipeline):
     from facenet_cli import identify
 
-    aligner, embedder = engine
     inputs = [photos[1], photos[2]]
-    loose = identify(gallery, inputs, far=0.1, aligner=aligner, embedder=embedder)
-    default = identify(gallery, inputs, aligner=aligner, embedder=embedder)
-    strict = identify(gallery, inputs, far=0.001, aligner=aligner, embedder=embedder)
+    loose = identify(gallery, inputs, far=0.1, pipeline=face_pipeline)
+    default = identify(gallery, inputs, pipeline=face_pipeline)
+    strict = identify(gallery, inputs, far=0.001, pipeline=face_pipeline)
     assert loose.threshold > default.threshold > strict.threshold
     named = [{(f.photo, f.face) for f in r.faces if f.answer.name != "unknown"} for r in (loose, default, strict)]
     assert named[0] >= named[1] >= named[2]
     # The expert override: a threshold below every score names no one, above every score everyone.
     scores = [f.answer.score for f in default.faces]
-    none = identify(gallery, inputs, threshold=min(scores) - 1e-6, aligner=aligner, embedder=embedder)
-    everyone = identify(gallery, inputs, threshold=max(scores) + 1e-6, aligner=aligner, embedder=embedder)
+    none = identify(gallery, inputs, threshold=min(scores) - 1e-6, pipeline=face_pipeline)
+    everyone = identify(gallery, inputs, threshold=max(scores) + 1e-6, pipeline=face_pipeline)
     assert all(f.answer.name == "unknown" for f in none.faces)
     assert all(f.answer.name == f.answer.person for f in everyone.faces)
 
 
 @pytest.mark.parametrize("method", ["svm", "knn"])
-def test_other_methods_stay_behind_the_gate(gallery, photos, engine, method):
+def test_other_methods_stay_behind_the_gate(gallery, photos, face_pipeline, method):
     from facenet_cli import identify
 
-    aligner, embedder = engine
-    result = identify(gallery, [photos[1], photos[2]], method=method, aligner=aligner, embedder=embedder)
+    result = identify(gallery, [photos[1], photos[2]], method=method, pipeline=face_pipeline)
     # Photos are named relative to the folder given (queries/<person>/...): the person is the stem's.
     known = [f for f in result.faces if Path(f.photo).stem.rsplit("_", 1)[0] in KNOWN]
     strangers = [f for f in result.faces if Path(f.photo).stem.rsplit("_", 1)[0] in STRANGERS]
@@ -147,10 +145,10 @@ def test_bad_input(gallery, photos, tmp_path, run_cli, examples_dir):
     assert empty.exit_code == 1 and "holds no faces" in error_line(empty.stderr)
 
 
-def test_one_person_gallery(gallery, photos, tmp_path, engine):
+def test_one_person_gallery(gallery, photos, tmp_path, face_pipeline):
     from facenet_cli import identify
     from facenet_cli.errors import UsageError
-    from facenet_cli.store.gallery import Gallery
+    from facenet_cli.store.sqlite import Gallery
 
     one = tmp_path / "one.gallery"
     shutil.copy(gallery, one)
@@ -158,13 +156,12 @@ def test_one_person_gallery(gallery, photos, tmp_path, engine):
         for person in KNOWN[1:]:
             g.remove_person(person)
         assert [n for n, _ in g.people()] == ["Colin_Powell"]
-    aligner, embedder = engine
     result = identify(one, [photos[1] / "Colin_Powell", photos[2] / "Hugo_Chavez_0001.jpg"],
-                      aligner=aligner, embedder=embedder)
+                      pipeline=face_pipeline)
     names = {Path(f.photo).stem.rsplit("_", 1)[0]: f.answer.name for f in result.faces}
     assert names == {"Colin_Powell": "Colin_Powell", "Hugo_Chavez": "unknown"}
     with pytest.raises(UsageError, match="at least two people"):
-        identify(one, [photos[1] / "Colin_Powell"], method="svm", aligner=aligner, embedder=embedder)
+        identify(one, [photos[1] / "Colin_Powell"], method="svm", pipeline=face_pipeline)
 
 
 def test_calibrated_curve_tightens_with_gallery_size():

@@ -70,7 +70,7 @@ def tree(lfw_images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gallery(tree):
-    from facenet_cli.store.gallery import add_to_gallery
+    from facenet_cli.recognition.enrol import add_to_gallery
 
     path = tree / "people.gallery"
     assert add_to_gallery(path, [tree / "known"]).counts()["added"] == 3 * len(PEOPLE)
@@ -100,7 +100,7 @@ def test_gallery_add_prints_paths_as_text(tree):
 
 def test_gallery_list_prints_names_and_paths_as_text(gallery, tree):
     path = gallery
-    listed = _run("gallery", "list", path, "--faces")
+    listed = _run("gallery", "list", path, "--with-faces")
     _clean(listed)
     for person in PEOPLE:
         assert f"│ {person} " in listed.stdout, listed.stdout  # `[b]Ada`, not `Ada`; `[best]`, not ``
@@ -194,7 +194,7 @@ def test_spreadsheet_text():
     ("identify", "g.gallery", "p.jpg", "--threshold", "nan"),
     ("identify", "g.gallery", "p.jpg", "--threshold", "inf"),
     ("identify", "g.gallery", "p.jpg", "--far", "-inf"),
-    ("cluster", "src", "out", "--threshold", "1e999"),
+    ("cluster", "src", "out", "--max-distance", "1e999"),
     ("serve", "--port", "0", "--far", "nan"),
     ("train", "a", "b", "--lr", "nan"),
     ("train", "a", "b", "--minutes", "inf"),

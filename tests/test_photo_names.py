@@ -37,7 +37,7 @@ def tree(lfw_images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gallery(tree):
-    from facenet_cli.store.gallery import add_to_gallery
+    from facenet_cli.recognition.enrol import add_to_gallery
 
     path = tree / "people.gallery"
     assert add_to_gallery(path, [tree / "known"]).counts()["added"] == 3 * len(PEOPLE)
@@ -100,7 +100,7 @@ def test_cluster_names_photos_relative_to_source(run_cli, tree, tmp_path):
     assert summary["no_face"] == ["ben/sky.png"]
     assert json.loads((out / SUMMARY_FILE).read_text())["no_face"] == ["ben/sky.png"]
     # A threshold that merges everyone: the table's one cluster lists both photos.
-    table = run_cli("cluster", tree / "val", tmp_path / "again", "--device", "cpu", "--threshold", "4")
+    table = run_cli("cluster", tree / "val", tmp_path / "again", "--device", "cpu", "--max-distance", "4")
     assert table.exit_code == 0, table.stderr
     assert "ada/x.jpg, ben/x.jpg" in table.stdout
     assert "no face in ben/sky.png" in table.stderr

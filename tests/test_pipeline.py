@@ -60,7 +60,8 @@ def test_faces_and_embed_equal_the_aligner_and_embedder_chain(photo):
     rgb = read_rgb(photo)
     record = resolve_model(DEFAULT_MODEL)
     old_faces = FaceAligner(record.align, upsample="auto", faces="all").align(rgb)
-    old = Embedder(record, device="cpu", flip=True).embed([f.image for f in old_faces])
+    # The pipeline's default precision is auto (the Embedder's own default stays fp32).
+    old = Embedder(record, device="cpu", flip=True, precision="auto").embed([f.image for f in old_faces])
 
     pipeline = FacePipeline.build(PipelineOptions(device="cpu"))
     faces = pipeline.faces(rgb)
@@ -73,8 +74,10 @@ def test_faces_and_embed_equal_the_aligner_and_embedder_chain(photo):
     assert pipeline.faces(np.full((160, 160, 3), 90, np.uint8)) == []  # no face: none, not an error
     # Many photos: the same faces, in order, and a photo without a face says why.
     blank = photo.parent.parent / "no-such-photo.jpg"
-    found = pipeline.photos([photo, blank], workers=1)
-    assert [f.box for f in found[0]] == [f.box for f in faces] and isinstance(found[1], str)
+    found = pipeline.photos([photo, blank], workers=1, embed=True)
+    assert [f.box for f in found[0].faces] == [f.box for f in faces] and found[0].problem is None
+    assert np.allclose(found[0].embeddings, vectors, atol=1e-6, rtol=0)
+    assert found[1].faces == [] and isinstance(found[1].problem, str) and len(found[1].embeddings) == 0
 
 
 def test_the_model_is_resolved_once_and_each_part_built_once(tmp_path, photo, monkeypatch):

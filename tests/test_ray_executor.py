@@ -120,7 +120,7 @@ def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess
 
 def own_workers(raylet: int, title: str) -> list[int]:
     """Pids of this cluster's worker processes (children of its raylet) whose Ray process title
-    starts with `title` (`ray::align_on_worker` while a worker runs an align task)."""
+    starts with `title` (`ray::run_on_worker` while a worker runs a task of a map)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -197,6 +197,27 @@ def test_represent_photos_command_on_ray_matches_local(cluster, photos, local, t
     assert_same_reps(out, out / "aligned", local / "reps", local / "aligned")
 
 
+def test_identify_and_cluster_on_ray_answer_as_local(cluster, photos, tmp_path):
+    """The pipeline's photos through the Ray executor (the pipeline pickled to the workers, its
+    models built there): the same answers as one local process."""
+    from facenet_cli.executors import get_executor
+    from facenet_cli.recognition.cluster import cluster_faces
+    from facenet_cli.recognition.enrol import add_to_gallery
+    from facenet_cli.recognition.identify import identify
+
+    gallery = tmp_path / "people.gallery"
+    add_to_gallery(gallery, [photos])
+    local = identify(gallery, [photos], workers=1)
+    with get_executor("ray") as executor:  # the driver connected by the fixture
+        remote = identify(gallery, [photos], executor=executor)
+        clustered = cluster_faces(photos, tmp_path / "ray-clusters", executor=executor, max_distance=0.15)
+    assert len(local.faces) >= PEOPLE * PER_PERSON and local.problems == remote.problems  # some photos hold two
+    assert [f.to_dict() for f in remote.faces] == [f.to_dict() for f in local.faces]
+    plain = cluster_faces(photos, tmp_path / "local-clusters", workers=1, max_distance=0.15)
+    assert clustered.labels.tolist() == plain.labels.tolist()
+    assert [(f.path, f.face) for f in clustered.faces] == [(f.path, f.face) for f in plain.faces]
+
+
 # ---------------------------------------------------------------- a worker dies mid-run
 
 def test_align_survives_a_killed_worker(cluster, photos, local, tmp_path):
@@ -211,7 +232,7 @@ def test_align_survives_a_killed_worker(cluster, photos, local, tmp_path):
     def on_outcome(outcome) -> None:
         seen.append(outcome.input)
         if len(seen) == 3:  # tasks are in flight on both workers now: kill one mid-task
-            killed.append(kill_one(cluster["raylet"], "ray::align_on_worker"))
+            killed.append(kill_one(cluster["raylet"], "ray::run_on_worker"))
 
     with RayExecutor() as executor:  # the driver connected by the fixture
         report = align_tree(photos, out, AlignJob(spec=CATALOGUE["dlib-resnet.v1"].align), on_outcome=on_outcome,
@@ -234,13 +255,21 @@ def test_represent_survives_a_killed_actor(cluster, local, tmp_path):
     killed: list[int] = []
     batches: list[int] = []
 
-    def on_batch(count: int) -> None:
-        batches.append(count)
-        if len(batches) == 1:  # the other batches are queued on the two actors: kill one
-            killed.append(kill_one(cluster["raylet"], "ray::EmbedActor"))
+    class KillAfterTheFirstBatch:  # the progress protocol (progress.Progress)
+        def start(self, total):
+            pass
+
+        def stage(self, name, total):
+            pass
+
+        def advance(self, count=1):
+            batches.append(count)
+            if len(batches) == 1:  # the other batches are queued on the two actors: kill one
+                killed.append(kill_one(cluster["raylet"], "ray::EmbedActor"))
 
     with RayExecutor() as executor:
-        report = represent_tree(local / "aligned", tmp_path / "reps", embedder, on_batch=on_batch, executor=executor)
+        report = represent_tree(local / "aligned", tmp_path / "reps", embedder, executor=executor,
+                                progress=KillAfterTheFirstBatch())
     assert killed and gone(killed[0])
     assert report.count == sum(1 for _ in (local / "aligned").rglob("*.png")) == sum(batches)
     assert_same_reps(tmp_path / "reps", local / "aligned", local / "reps", local / "aligned")

@@ -37,7 +37,7 @@ def photos(lfw_images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_gallery(photos, tmp_path_factory):
-    from facenet_cli.store.gallery import add_to_gallery
+    from facenet_cli.recognition.enrol import add_to_gallery
 
     path = tmp_path_factory.mktemp("g") / "people.gallery"
     assert add_to_gallery(path, [photos[0]]).counts()["added"] == 3 * len(KNOWN)
@@ -58,11 +58,10 @@ def header_of(gallery: Path) -> dict:
     return read_index(index_path(gallery)).header
 
 
-def search(gallery, query, engine, **options):
+def search(gallery, query, face_pipeline, **options):
     from facenet_cli.recognition.identify import search_gallery
 
-    aligner, embedder = engine
-    return search_gallery(gallery, query, aligner=aligner, embedder=embedder, **options)
+    return search_gallery(gallery, query, pipeline=face_pipeline, **options)
 
 
 def test_search_cli_lists_the_most_similar_faces_and_builds_then_uses_the_index(gallery, photos, run_cli):
@@ -89,11 +88,13 @@ def test_search_cli_lists_the_most_similar_faces_and_builds_then_uses_the_index(
     assert table.exit_code == 0 and "Tony_Blair" in table.stdout and "2 most similar of 12" in table.stdout
 
 
-def test_index_kept_current_after_add_remove_and_move(gallery, photos, engine):
+def test_index_kept_current_after_add_remove_and_move(gallery, photos, face_pipeline):
     from facenet_cli.store.face_index import index_path, read_index
-    from facenet_cli.store.gallery import Gallery, add_to_gallery, move_in_gallery, remove_from_gallery
+    from facenet_cli.recognition.enrol import add_to_gallery
+    from facenet_cli.recognition.gallery_admin import move_in_gallery, remove_from_gallery
+    from facenet_cli.store.sqlite import Gallery
 
-    assert search(gallery, photos[1] / "Colin_Powell_0004.jpg", engine, use_index="always").search == "index (built)"
+    assert search(gallery, photos[1] / "Colin_Powell_0004.jpg", face_pipeline, use_index="always").search == "index (built)"
     # Add a new person's photo (the real path: detect, embed, enrol): the index is patched, not rebuilt.
     added = add_to_gallery(gallery, [photos[1] / "Colin_Powell_0004.jpg"], name="Powell_Again")
     new_id = added.outcomes[0].face_id
@@ -102,19 +103,19 @@ def test_index_kept_current_after_add_remove_and_move(gallery, photos, engine):
     header = header_of(gallery)
     assert header["generation"] == state.generation and header["faces"] == 13 == state.faces
     assert new_id in read_index(index_path(gallery))
-    hit = search(gallery, photos[1] / "Colin_Powell_0004.jpg", engine, use_index="always", top=1)
+    hit = search(gallery, photos[1] / "Colin_Powell_0004.jpg", face_pipeline, use_index="always", top=1)
     assert hit.search == "index (used)" and hit.faces[0].matches[0].face_id == new_id
     assert hit.faces[0].matches[0].distance < 1e-4  # the very photo
     # Move it to Tony Blair, then remove Colin Powell: each time the index stays current.
     move_in_gallery(gallery, new_id, "Tony_Blair")
-    moved = search(gallery, photos[1] / "Colin_Powell_0004.jpg", engine, use_index="always", top=1)
+    moved = search(gallery, photos[1] / "Colin_Powell_0004.jpg", face_pipeline, use_index="always", top=1)
     assert moved.search == "index (used)" and moved.faces[0].matches[0].person == "Tony_Blair"
     with Gallery(gallery) as g:
         powell_ids = [f.id for f in g.faces("Colin_Powell")]
     remove_from_gallery(gallery, "Colin_Powell")
     index = read_index(index_path(gallery))
     assert len(index) == 10 and not any(i in index for i in powell_ids)
-    after = search(gallery, photos[1] / "Colin_Powell_0005.jpg", engine, use_index="always", top=10)
+    after = search(gallery, photos[1] / "Colin_Powell_0005.jpg", face_pipeline, use_index="always", top=10)
     assert after.search == "index (used)"
     assert "Colin_Powell" not in {m.person for m in after.faces[0].matches}
     assert len(after.faces[0].matches) == 10
@@ -124,35 +125,34 @@ def test_index_kept_current_after_add_remove_and_move(gallery, photos, engine):
     assert not index_path(gallery).exists()
 
 
-def test_stale_index_is_rebuilt_not_trusted(gallery, photos, engine):
-    from facenet_cli.store.gallery import Gallery
+def test_stale_index_is_rebuilt_not_trusted(gallery, photos, face_pipeline):
+    from facenet_cli.store.sqlite import Gallery
 
     query = photos[1] / "Donald_Rumsfeld_0004.jpg"
-    search(gallery, query, engine, use_index="always")
+    search(gallery, query, face_pipeline, use_index="always")
     # Another writer (e.g. an older facenet) changes the gallery without touching the index: the
     # face of the query photo itself is enrolled under a new name.
-    vector = search(gallery, query, engine, use_index="never").faces[0]
-    aligner, embedder = engine
+    vector = search(gallery, query, face_pipeline, use_index="never").faces[0]
     from facenet_cli.images import read_rgb
 
-    embedding = embedder.embed([aligner.align(read_rgb(query))[0].image])[0]
+    embedding = face_pipeline.embed([face_pipeline.faces(read_rgb(query))[0].image])[0]
     with Gallery(gallery) as g:
         new_id = g.add_face("Rumsfeld_Twin", embedding, str(query), "sha-of-the-query")
     assert vector.matches[0].person == "Donald_Rumsfeld"
-    result = search(gallery, query, engine, use_index="always", top=1)
+    result = search(gallery, query, face_pipeline, use_index="always", top=1)
     assert result.search == "index (rebuilt)" and "gallery changed" in result.index_note
     assert result.faces[0].matches[0].face_id == new_id
     assert header_of(gallery)["faces"] == 13
-    assert search(gallery, query, engine, use_index="always").search == "index (used)"
+    assert search(gallery, query, face_pipeline, use_index="always").search == "index (used)"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped-byte", "garbage", "empty"])
-def test_damaged_index_is_rebuilt(gallery, photos, engine, damage):
+def test_damaged_index_is_rebuilt(gallery, photos, face_pipeline, damage):
     from facenet_cli.store.face_index import index_path
 
     query = photos[1] / "George_W_Bush_0004.jpg"
-    exact = search(gallery, query, engine, use_index="never", top=5)
-    search(gallery, query, engine, use_index="always")
+    exact = search(gallery, query, face_pipeline, use_index="never", top=5)
+    search(gallery, query, face_pipeline, use_index="always")
     path = index_path(gallery)
     data = path.read_bytes()
     if damage == "truncated":
@@ -163,18 +163,18 @@ def test_damaged_index_is_rebuilt(gallery, photos, engine, damage):
         path.write_bytes(b"\x89PNG not an index" * 20)
     else:
         path.write_bytes(b"")
-    result = search(gallery, query, engine, use_index="always", top=5)
+    result = search(gallery, query, face_pipeline, use_index="always", top=5)
     assert result.search == "index (rebuilt)", result.index_note
     assert ("damaged" if damage in ("truncated", "flipped-byte") else "not a facenet face index") in result.index_note
     assert [m.face_id for m in result.faces[0].matches] == [m.face_id for m in exact.faces[0].matches]
     assert path.read_bytes() != b"" and header_of(gallery)["faces"] == 12
 
 
-def test_index_of_another_model_is_refused_and_rebuilt(gallery, photos, engine):
+def test_index_of_another_model_is_refused_and_rebuilt(gallery, photos, face_pipeline):
     from dataclasses import replace
 
     from facenet_cli.store.face_index import FaceIndex, index_path, write_index
-    from facenet_cli.store.gallery import Gallery
+    from facenet_cli.store.sqlite import Gallery
 
     with Gallery(gallery) as g:
         state, enrolment = g.snapshot()
@@ -185,20 +185,18 @@ def test_index_of_another_model_is_refused_and_rebuilt(gallery, photos, engine):
     write_index(index_path(gallery), FaceIndex.build(other, enrolment.face_ids),
                 replace(state, fingerprint="sha256-of-another-model"))
     query = photos[1] / "Tony_Blair_0005.jpg"
-    result = search(gallery, query, engine, use_index="always", top=3)
+    result = search(gallery, query, face_pipeline, use_index="always", top=3)
     assert result.search == "index (rebuilt)" and "another model" in result.index_note
     assert result.faces[0].matches[0].person == "Tony_Blair"
     assert header_of(gallery)["model_fingerprint"] == state.fingerprint
 
 
-def test_identify_with_the_index_answers_as_exact(gallery, photos, engine):
+def test_identify_with_the_index_answers_as_exact(gallery, photos, face_pipeline):
     from facenet_cli import identify
 
-    aligner, embedder = engine
     for method in ("mean", "nearest", "knn"):
-        exact = identify(gallery, [photos[1]], method=method, use_index="never", aligner=aligner, embedder=embedder)
-        indexed = identify(gallery, [photos[1]], method=method, use_index="always", aligner=aligner,
-                           embedder=embedder)
+        exact = identify(gallery, [photos[1]], method=method, use_index="never", pipeline=face_pipeline)
+        indexed = identify(gallery, [photos[1]], method=method, use_index="always", pipeline=face_pipeline)
         assert exact.search == "exact" and indexed.search.startswith("index (")
         assert [(f.answer.name, f.answer.person) for f in indexed.faces] == \
             [(f.answer.name, f.answer.person) for f in exact.faces]
@@ -215,7 +213,7 @@ def test_search_bad_input_one_sentence(gallery, photos, lfw_images, tmp_path, ru
     with Image.open(lfw_images / "Colin_Powell" / "Colin_Powell_0001.jpg") as image:
         image.crop((0, 0, 60, 60)).resize((240, 240)).save(tmp_path / "wall.jpg")
     no_face = run_cli("search", gallery, tmp_path / "wall.jpg")
-    assert no_face.exit_code == 1 and "No face was found" in error_line(no_face.stderr)
+    assert no_face.exit_code == 3 and "No face was found" in error_line(no_face.stderr)  # NothingFound
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     broken = run_cli("search", gallery, tmp_path / "broken.jpg")
     assert broken.exit_code == 1 and "Traceback" not in broken.stderr

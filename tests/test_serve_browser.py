@@ -67,7 +67,7 @@ def test_enrol_from_the_camera_then_name_and_unknown_in_the_browser(server, fake
         pytest.skip("no browser: /usr/bin/chromium is missing (`make browser` installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
 
-    from facenet_cli.store.gallery import Gallery
+    from facenet_cli.store.sqlite import Gallery
 
     engine, url = server
     screenshot = tmp_path / "serve.png"

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from facenet_cli.store.gallery import Gallery
+from facenet_cli.store.sqlite import Gallery
 from facenet_cli.recognition.identify import identify
 from facenet_cli.images import read_rgb
 from facenet_cli.serve.app import CSRF_HEADER, ServeConfig, create_app
@@ -297,7 +297,7 @@ def test_enrol_from_frames_persists_and_agrees_with_identify(lfw_images, tmp_pat
         assert ws.receive_json()["people"] == 0
         ws.send_text('{"type": "enrol", "name": "Colin"}')
         assert ws.receive_json() == {"type": "enrol", "name": "Colin", "added": 0, "wanted": 3, "done": False,
-                                     "skipped": {}}
+                                     "skipped": {}, "track": None}
         ws.send_bytes(two_faces)
         assert _answer(ws)["enrol"]["skipped"] == {"several faces": 1}
         sent = []
@@ -388,7 +388,7 @@ def test_loopback_and_printed_url():
     import socket
 
     from facenet_cli.serve import page_url
-    from facenet_cli.serve.app import is_loopback
+    from facenet_cli.serve.hosts import is_loopback
 
     assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "192.168.1.5", "::")] == \
         [True, True, True, False, False, False]
@@ -408,9 +408,7 @@ def test_edits_through_the_server_keep_the_search_index_current(engine, lfw_imag
 
     with Gallery(engine.gallery_path) as gallery:
         state, enrolment = gallery.snapshot()
-        from facenet_cli.store.face_index import current_index
-
-        current_index(gallery, state, enrolment)  # build and save the index the way a reader does
+        gallery.neighbour_index(state, enrolment)  # build and save the index the way a reader does
     assert index_is_current()
     client = serve_client(engine)
     added = post_image(client, "/api/gallery/people/Index Check/faces", photo(lfw_images, STRANGER, 3))

@@ -29,7 +29,7 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from facenet_cli.store.gallery import Gallery
+from facenet_cli.store.sqlite import Gallery
 from facenet_cli.images import read_rgb
 from facenet_cli.serve.app import CSRF_HEADER, ServeConfig, create_app
 from facenet_cli.serve.engine import Engine
@@ -259,7 +259,7 @@ def test_well_formed_commands_still_work(engine):
         ws.receive_json()
         ws.send_text('{"type": "enrol", "name": "Ada", "count": 4}')
         assert ws.receive_json() == {"type": "enrol", "name": "Ada", "added": 0, "wanted": 4, "done": False,
-                                     "skipped": {}}
+                                     "skipped": {}, "track": None}
         ws.send_text('{"type": "cancel"}')
         assert ws.receive_json()["done"] is True
         ws.send_text('{"type": "enrol", "name": "unknown"}')  # the gallery's own rule: a message, not a close
@@ -609,8 +609,8 @@ def test_a_page_of_another_site_cannot_drive_the_server_in_chromium(served, atta
             own.wait_for_function("() => window.facenet.enrol && window.facenet.enrol.name === 'Own Socket'",
                                   timeout=30_000)
             own.evaluate("() => socket.send(JSON.stringify({ type: 'cancel' }))")
-            own.wait_for_function("() => window.facenet.enrol && window.facenet.enrol.name === null",
-                                  timeout=30_000)
+            own.wait_for_function("() => window.facenet.enrol && window.facenet.enrol.done && "
+                                  "window.facenet.enrol.stopped === 'Cancelled.'", timeout=30_000)
             # The page's own Content-Security-Policy blocks nothing the page does.
             assert not [m for m in console if "Content Security Policy" in m], console
         finally:

@@ -117,20 +117,20 @@ def test_compare_of_two_photos_imports_no_torch(examples_dir, torch_embedder, tm
     assert "TORCH False 0" in done.stderr, done.stderr
     result = json.loads(done.stdout)
     # The same distance as the PyTorch network gives on the same faces.
-    from facenet_cli.align.aligner import FaceAligner
+    from facenet_cli.pipeline.face_pipeline import FacePipeline
     from facenet_cli.recognition.compare import compare_photos
 
-    aligner = FaceAligner(RECORD.align, "hog", "auto", "all", "none")
-    expected = compare_photos([examples_dir / "lennon-1.jpg", examples_dir / "lennon-2.jpg"], aligner, torch_embedder)
+    pipeline = FacePipeline.of_embedder(torch_embedder)  # hog, upsample auto, every face
+    expected = compare_photos([examples_dir / "lennon-1.jpg", examples_dir / "lennon-2.jpg"], pipeline)
     assert result["pairs"][0]["squared_l2"] == pytest.approx(float(expected.distances[0, 1]), abs=1e-5)
     assert result["pairs"][0]["same_person"] is True
 
 
 def test_photos_aligned_in_forked_workers_give_the_same_faces(examples_dir, tmp_path, monkeypatch):
-    """compare's parallel alignment (forked processes sharing the loaded models) against the
-    plain loop: the same faces, boxes, embeddings and problems, in input order."""
+    """compare's parallel alignment (the local executor: forked processes sharing the loaded
+    models) against the plain loop: the same faces, boxes, embeddings and problems, in input order."""
+    from facenet_cli.pipeline import face_pipeline
     from facenet_cli.recognition import compare
-    from facenet_cli.align.aligner import FaceAligner
 
     blank = tmp_path / "blank.png"
     from PIL import Image
@@ -140,23 +140,23 @@ def test_photos_aligned_in_forked_workers_give_the_same_faces(examples_dir, tmp_
     broken.write_bytes((examples_dir / "clapton-1.jpg").read_bytes()[:300])
     photos = [examples_dir / "lennon-1.jpg", broken, examples_dir / "clapton-1.jpg", blank,
               examples_dir / "lennon-2.jpg"]
-    aligner = FaceAligner(RECORD.align, "hog", "auto", "all", "none")
-    embedder = Embedder(RECORD, device="cpu", engine="dlib")
+    pipeline = face_pipeline.FacePipeline.of_embedder(Embedder(RECORD, device="cpu", engine="dlib"))
 
     pids = tmp_path / "pids"
-    plain_align_photo = compare.align_photo
+    plain_align_photo = face_pipeline.align_photo
 
     def recording(path, *args):
         with open(pids, "a") as fh:
             fh.write(f"{os.getpid()}\n")
         return plain_align_photo(path, *args)
 
-    monkeypatch.setattr(compare, "align_photo", recording)
-    serial_faces, serial_problems = compare.find_faces(photos, aligner, embedder, workers=1)
+    monkeypatch.setattr(face_pipeline, "align_photo", recording)
+    serial_faces, serial_problems = compare.find_faces(photos, pipeline, workers=1)
     assert set(pids.read_text().split()) == {str(os.getpid())}
     pids.unlink()
-    parallel_faces, parallel_problems = compare.find_faces(photos, aligner, embedder, workers=3)
-    assert len(set(pids.read_text().split())) == 3  # this process and two forked ones
+    parallel_faces, parallel_problems = compare.find_faces(photos, pipeline, workers=3)
+    workers = set(pids.read_text().split())
+    assert str(os.getpid()) not in workers and 1 <= len(workers) <= 3  # forked processes aligned them all
 
     assert [f.label for f in serial_faces] == ["lennon-1.jpg", "clapton-1.jpg", "lennon-2.jpg"]
     assert set(serial_problems) == {"broken.jpg", "blank.png"}

@@ -36,7 +36,7 @@ PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Ger
 # P x K = 12 images a batch, 6 per process. SGD with a small step: the miners' choices are
 # discrete, so a large step turns float rounding (a different summation order across 2
 # processes) into other triplets and the runs drift apart, as a single process on 1 or 2
-# threads also does (README, "Training on several processes", has the figures).
+# threads also does (docs/TRAINING.md, "Training on several processes", has the figures).
 SETTINGS = ["--arch", "nn4.small2", "--people-per-batch", "4", "--images-per-person", "3", "--batches-per-epoch", "2",
             "--device", "cpu", "--seed", "7", "--optimizer", "sgd", "--lr", "0.01", "--miner", "batch-hard", "--json"]
 EPOCHS = 2
@@ -45,7 +45,7 @@ EPOCHS = 2
 # so rounding grows through the updates into other triplets: a single process on 1 and on 2
 # threads (another summation order, nothing else) differs by 0.1 % in epoch 1, 1 % in epoch 2
 # and 15 % in epoch 3 of this setting; 2 processes against 1 measured 0.04 % and 4.6 %
-# (README, "Training on several processes"). Epoch 1 is held tight, epoch 2 loosely; the loss moves by >20 %.
+# (docs/TRAINING.md, "Training on several processes"). Epoch 1 is held tight, epoch 2 loosely; the loss moves by >20 %.
 LOSS_RTOL = (5e-3, 0.1)
 
 
@@ -261,7 +261,7 @@ def test_a_usage_error_is_one_sentence_from_rank_0(aligned, tmp_path):
     # Under torchrun the ranks are torchrun's: each rank but rank 0 ends quietly (exit 2), rank 0
     # prints the sentence once. torchrun itself then reports the failed ranks with its own
     # ChildFailedError traceback and exit code 1: that is printed by the torchrun process, which
-    # no rank can silence (README: use --nproc-per-node on one machine).
+    # no rank can silence (docs/TRAINING.md: use --nproc-per-node on one machine).
     # (--tee 3: torchrun prefixes each rank's lines with [default<rank>]:)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), "--tee", "3", "-m", "facenet_cli", "train", str(tmp_path / "nowhere"),

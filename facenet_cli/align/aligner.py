@@ -11,7 +11,7 @@ import numpy as np
 
 from .specs import AlignSpec
 from ..choices import MAX_SIZE, MIN_SIZE, FacePolicy, Fallback, values
-from ..detect import DLIB_5, FaceBox, FaceDetector
+from ..detect import FaceBox, FaceDetector, maps_to_dlib_5, to_dlib_5
 from ..errors import MultipleFaces, NoFace, UsageError
 from ..models.resources import dlib_model_path, landmarks_file
 
@@ -69,9 +69,10 @@ class AlignedFace:
 
 
 def detector_landmarks_fit(spec: AlignSpec, scheme: str | None) -> bool:
-    """Whether a detector's landmarks (in `scheme`) are the points `spec`'s template is defined on,
-    so the aligner warps with them instead of running dlib's shape predictor on the box."""
-    return scheme == DLIB_5 and spec.method == "dlib-chip" and spec.landmarks == 5
+    """Whether a detector's landmarks (in `scheme`) give the points `spec`'s template is defined on
+    (dlib's five, as they are or mapped: detect.to_dlib_5), so the aligner warps with them instead
+    of running dlib's shape predictor on the box."""
+    return maps_to_dlib_5(scheme) and spec.method == "dlib-chip" and spec.landmarks == 5
 
 
 def shape_from_points(box: FaceBox, points: np.ndarray) -> dlib.full_object_detection:
@@ -150,6 +151,7 @@ class FaceAligner:
     pixel_budget: int | None = None  # override the detector's (detect.PIXEL_BUDGET)
     upsample_budget: int | None = None  # override the detector's (detect.UPSAMPLE_BUDGET)
     first_pass_pixels: int | None = None  # big photos' downscaled first pass (detect.FIRST_PASS_PIXELS; 0: off)
+    min_face: int | None = None  # narrowest face to find, photo pixels (FaceDetector's; None: the detector's reach)
     _detector: FaceDetector = field(init=False, repr=False)
     _landmarks: LandmarkPredictor = field(init=False, repr=False)
 
@@ -162,7 +164,8 @@ class FaceAligner:
         if self.spec.method == "openface-affine" and self.spec.landmarks != 68:
             raise UsageError("OpenFace templates need the 68-point landmarks.")
         self._detector = FaceDetector(self.detector, self.upsample, upsample_budget=self.upsample_budget,
-                                      pixel_budget=self.pixel_budget, first_pass_pixels=self.first_pass_pixels)
+                                      pixel_budget=self.pixel_budget, first_pass_pixels=self.first_pass_pixels,
+                                      min_face=self.min_face)
         self._landmarks = LandmarkPredictor(self.spec.landmarks)
         # Boxes that come with landmarks the template is defined on skip the predictor; the rest
         # (other detectors, fallback boxes) get it.
@@ -176,7 +179,7 @@ class FaceAligner:
 
     def _shape(self, rgb: np.ndarray, box: FaceBox) -> dlib.full_object_detection:
         if self._detector_landmarks and box.landmarks is not None:
-            return shape_from_points(box, box.landmarks)
+            return shape_from_points(box, to_dlib_5(box.landmarks, self._detector.landmarks))
         return self._landmarks.shape(rgb, box)
 
     def align_box(self, rgb: np.ndarray, box: FaceBox, fallback: bool = False) -> AlignedFace:

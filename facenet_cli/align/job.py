@@ -10,7 +10,7 @@ The run, in order:
    output name is taken are `collision`; files already finished by an earlier run (same input
    size and mtime, outputs present) keep their recorded outcome, marked `resumed`;
 4. align the rest in N processes that each load the detector and landmark model once (or as
-   tasks on a Ray cluster: `executor=`, see ray_executor.py; steps 1-3 and 5 stay here). A failure
+   tasks on a Ray cluster: `executor=`, see executors/; steps 1-3 and 5 stay here). A failure
    inside one image is that image's `error` outcome; each finished file's outcome is appended to
    the report at once (`aligned.ReportJournal`), so a kill loses nothing finished;
 5. rewrite the report sorted. A full disk, a dead worker process or Ctrl-C end the run with one
@@ -21,27 +21,27 @@ Every write goes through `atomic.py`: a killed run never leaves half an image un
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import stat
-import sys
-import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
-from itertools import islice
-from multiprocessing import get_all_start_methods, get_context
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .specs import AlignSpec
 from ..formats.aligned import (REPORT_FILE, STATUSES, AlignedFolder, FileOutcome, face_outputs,
                       name_problem, output_names, printable_name)
 from ..atomic import remove_stale_temps, temp_path, write_bytes_atomic
 from ..errors import BadImage, DiskFull, FacenetError, MultipleFaces, NoFace, UsageError, write_error
+from ..executors import WorkersLost
+# die_with_parent: where the align job's tests (and older callers) found it.
+from ..executors.local import die_with_parent  # noqa: F401
+
+if TYPE_CHECKING:
+    from ..executors import Executor
+    from ..pipeline.face_pipeline import FacePipeline
+    from ..progress import Progress
 
 STAGES = ("decode", "detect", "landmarks", "warp", "write")
 # Outcomes of reading an input that a rerun may reuse while the input is unchanged. `error` is
@@ -59,6 +59,7 @@ class AlignJob:
     spec: AlignSpec
     detector: str = "hog"
     upsample: int | str = "auto"
+    min_face: int | None = None  # narrowest face to find, photo pixels (None: what the detector reaches)
     faces: str = "largest"
     fallback: str = "none"  # "none", "center" or "whole"
     fallback_dir: str | None = None  # OpenFace style: the same relative path in a second tree
@@ -81,7 +82,19 @@ class AlignJob:
         object.__setattr__(self, "upsample", parse_upsample(getattr(self.upsample, "value", self.upsample)))
         if self.fallback_dir is not None:
             object.__setattr__(self, "fallback_dir", str(self.fallback_dir))
+        if self.min_face is not None and (isinstance(self.min_face, bool) or not isinstance(self.min_face, int)
+                                          or self.min_face < 1):
+            raise UsageError(f"--min-face must be a width in pixels of 1 or more, not {self.min_face!r}.")
         check_size(self.spec.size)
+
+    @classmethod
+    def of(cls, pipeline: "FacePipeline", **changes) -> "AlignJob":
+        """A pipeline's options as the align job a worker pool runs (align_tree, represent
+        --photos): its model's alignment spec and its detection settings; `changes` set fields."""
+        o = pipeline.options
+        settings = {"spec": pipeline.record.align, "detector": o.detector, "upsample": o.upsample, "faces": o.faces,
+                    "fallback": o.fallback, "fallback_dir": o.fallback_dir, "min_face": o.min_face, **changes}
+        return cls(**settings)
 
     @property
     def numbered(self) -> bool:
@@ -89,9 +102,12 @@ class AlignJob:
 
     def record(self) -> dict:
         """What goes into OUT/align-spec.json; a rerun must match it, `represent` checks the spec."""
-        return {"spec": self.spec.to_dict(), "detector": self.detector, "upsample": self.upsample,
-                "faces": self.faces, "fallback": self.fallback,
-                "fallback_dir": self.fallback_dir}
+        record = {"spec": self.spec.to_dict(), "detector": self.detector, "upsample": self.upsample,
+                  "faces": self.faces, "fallback": self.fallback,
+                  "fallback_dir": self.fallback_dir}
+        if self.min_face is not None:  # only when set: folders aligned before it existed still match
+            record["min_face"] = self.min_face
+        return record
 
 
 @dataclass
@@ -209,7 +225,6 @@ def list_inputs(raw: Path) -> list[str]:
 
 _ALIGNER = None  # FaceAligner, built once per process and job
 _JOB: AlignJob | None = None
-PR_SET_PDEATHSIG = 1
 
 
 def _aligner_for(job: AlignJob):
@@ -220,30 +235,9 @@ def _aligner_for(job: AlignJob):
         from ..pipeline.face_pipeline import make_aligner
 
         cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
-        _ALIGNER = make_aligner(job.spec, job.detector, job.upsample, job.faces, job.fallback)
+        _ALIGNER = make_aligner(job.spec, job.detector, job.upsample, job.faces, job.fallback, min_face=job.min_face)
         _JOB = job
     return _ALIGNER
-
-
-def die_with_parent(parent_pid: int, use_prctl: bool = True) -> None:
-    """Make this worker process end when its parent dies (even by kill -9), so no orphan goes
-    on aligning: Linux's PR_SET_PDEATHSIG, else a thread that polls the parent's pid."""
-    if use_prctl and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
-                if os.getppid() != parent_pid:  # the parent died before prctl took effect
-                    os._exit(1)
-                return
-        except (OSError, AttributeError):
-            pass
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.25)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="facenet-parent-watch", daemon=True).start()
 
 
 # Files per task when the job has an in-worker step (align alone sends one file per task).
@@ -251,21 +245,28 @@ CHUNK_FILES = 16
 _FINISH: Callable[[list[FileOutcome]], None] | None = None  # the job's in-worker step, if any
 
 
-def _init_worker(job: AlignJob, parent_pid: int, finish=None) -> None:
-    global _FINISH
-    die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _aligner_for(job)
-    _FINISH = finish
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What each worker process does before its first task (the executor runs it there): build
+    the job's aligner (kept per process) and remember the in-worker step. Picklable when
+    `finish` is None (a Ray worker gets it by pickle, a forked one by fork)."""
+
+    job: AlignJob
+    finish: Callable[[list[FileOutcome]], None] | None = None
+
+    def __call__(self) -> None:
+        global _FINISH
+        _aligner_for(self.job)
+        _FINISH = self.finish
 
 
-def _align_chunk(tasks: list[tuple[str, str, str, str]], finish=None) -> list[FileOutcome]:
-    """Several files' outcomes, then the job's in-worker step on them together (`finish`, by
-    default the one the worker was started with: e.g. embedding the chunk's crops as one batch)."""
+def align_chunk(tasks: list[tuple[str, str, str, str]]) -> list[FileOutcome]:
+    """One task of the job, run by the executor in a worker set up by WorkerSetup: several
+    files' outcomes, then the job's in-worker step on them together (e.g. embedding the
+    chunk's crops as one batch)."""
     outcomes = [_align_one(task) for task in tasks]
-    finish = finish or _FINISH
-    if finish is not None:
-        finish(outcomes)
+    if _FINISH is not None:
+        _FINISH(outcomes)
     return outcomes
 
 
@@ -382,30 +383,31 @@ def reusable(previous: FileOutcome | None, signature: str, stem: str, numbered: 
     return all((out / name).is_file() for name in previous.outputs)
 
 
-class WorkersLost(Exception):
-    """An executor lost its workers for good: the local pool broke, or Ray gave up retrying."""
-
-
-def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1,
-               on_outcome: Callable[[FileOutcome], None] | None = None,
-               on_start: Callable[[int], None] | None = None, executor=None,
-               finish_in_worker: Callable[[list[FileOutcome]], None] | None = None) -> AlignReport:
+def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int | None = None,
+               on_outcome: Callable[[FileOutcome], None] | None = None, executor: "Executor | None" = None,
+               finish_in_worker: Callable[[list[FileOutcome]], None] | None = None,
+               progress: "Progress | None" = None) -> AlignReport:
     """Align every image under RAW into OUT (same layout, PNG); resumable; returns the report.
 
-    `on_start(total)` gets the number of entries, `on_outcome(outcome)` every entry's outcome
-    as it is settled. `executor`: None for `workers` local processes, or an object whose
-    `align_files(todo, job, record, out)` aligns the files elsewhere (ray_executor.RayExecutor):
-    listing, resume, journal and report stay here, the same for both. Raises UsageError /
-    DataError before any work, DiskFull or FacenetError (a worker process died) after writing
-    the report of what was done.
+    `progress` (progress.Progress) is started with the number of entries and advanced by each
+    entry's outcome as it is settled; `on_outcome(outcome)` gets every outcome too. `executor`
+    (executors.Executor) runs the per-file tasks: by default this machine's processes, `workers`
+    of them (default 1); a Ray executor runs them on a cluster. Listing, resume, journal and
+    report stay here, the same for every executor. Raises UsageError / DataError before any
+    work, DiskFull or FacenetError (a worker process died) after writing the report of what was
+    done.
 
     `finish_in_worker(outcomes)`: a step run in the worker processes on each chunk of up to
     CHUNK_FILES outcomes before they come back (represent --photos embeds the chunk's crops
-    there); it reaches the workers by fork, so it need not pickle. With it, a kill loses the
+    there); it reaches local workers by fork, so it need not pickle. With it, a kill loses the
     outcomes of the chunks in flight (their files are aligned again on the rerun)."""
+    from ..executors import get_executor
+    from ..progress import progress_or_none
+
+    progress = progress_or_none(progress)
+    if executor is None:
+        executor = get_executor("local", 1 if workers is None else workers)
     raw, out = Path(raw), Path(out)
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, not {workers}.")
     if job.fallback_dir and not Path(job.fallback_dir).is_dir():
         raise UsageError(f"The fallback folder {job.fallback_dir} does not exist.")
     check_folders(raw, out)
@@ -430,9 +432,8 @@ def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1
             settled.append(FileOutcome(rel, before.status, before.outputs, before.detail, resumed=True,
                                        source=signature))
         else:
-            todo.append((str(raw), str(out), rel, stems[rel]))
-    if on_start:
-        on_start(len(settled) + len(todo))
+            todo.append((os.path.abspath(raw), os.path.abspath(out), rel, stems[rel]))
+    progress.start(len(settled) + len(todo))
 
     outcomes: list[FileOutcome] = []
 
@@ -440,6 +441,7 @@ def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)
+        progress.advance(1)
 
     for outcome in settled:
         finished(outcome)
@@ -450,17 +452,14 @@ def align_tree(raw: str | Path, out: str | Path, job: AlignJob, workers: int = 1
             journal.append(outcome)
             finished(outcome)
 
-        if executor is None:
-            _run(todo, job, workers, record, out, finish_in_worker)
-        else:
-            executor.align_files(todo, job, record, out)
+        _run(todo, job, executor, record, out, finish_in_worker)
     except BaseException as exc:
         if journal:
             journal.close()
         _write_report_of_what_was_done(folder, outcomes)
-        if isinstance(exc, (BrokenProcessPool, WorkersLost)):
+        if isinstance(exc, WorkersLost):
             raise FacenetError(
-                f"A worker process died (killed, or out of memory) {'' if executor is None else str(exc) + ' '}"
+                f"A worker process died (killed, or out of memory) {str(exc) + ' ' if str(exc) else ''}"
                 f"after {len(outcomes)} of "
                 f"{len(settled) + len(todo)} files; what was done is recorded in {folder.report_file}, and "
                 "rerunning the same command resumes.") from None
@@ -481,7 +480,7 @@ def _write_report_of_what_was_done(folder: AlignedFolder, outcomes: list[FileOut
         pass
 
 
-def _run(todo: list, job: AlignJob, workers: int, record: Callable[[FileOutcome], None], out: Path,
+def _run(todo: list, job: AlignJob, executor: "Executor", record: Callable[[FileOutcome], None], out: Path,
          finish: Callable[[list[FileOutcome]], None] | None = None) -> None:
     if not todo:
         return
@@ -491,64 +490,24 @@ def _run(todo: list, job: AlignJob, workers: int, record: Callable[[FileOutcome]
     # run's aligner in this process never hides a file damaged or replaced since.
     global _ALIGNER
     _ALIGNER = None
-    _aligner_for(job)
+    # Workers elsewhere (Ray; maybe another machine) have their own working directory: absolute
+    # paths there (locally the folder stays as given, as the report's details name it).
+    if job.fallback_dir and executor.name != "local":
+        job = replace(job, fallback_dir=os.path.abspath(job.fallback_dir))
+    setup = WorkerSetup(job, finish)
+    setup()
     # Tasks are chunks of files: one file each for align alone (each outcome recorded as soon as
     # it is done); with an in-worker step several, so that the step gets a batch (the network's),
-    # and small jobs still give every worker a few chunks.
+    # and small jobs still give every worker a few chunks. Outcomes are recorded as each task
+    # finishes (not in list order), so a kill loses no finished task's outcomes.
+    workers = max(1, executor.workers)
     size = max(1, min(CHUNK_FILES, len(todo) // (workers * 4))) if finish is not None else 1
     chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-    if workers == 1 or len(chunks) == 1:
-        for chunk in chunks:
-            for outcome in _align_chunk(chunk, finish):
-                record(outcome)
-        return
-    _run_pool(chunks, job, workers, record, out, finish)
-
-
-def _run_pool(chunks: list, job: AlignJob, workers: int, record: Callable[[FileOutcome], None], out: Path,
-              finish: Callable | None = None) -> None:
-    # Tasks (files, or chunks of files with an in-worker step) go out one by one, a few per
-    # worker ahead, and each outcome is recorded as soon as its task is done (not in list
-    # order), so a kill loses no finished task's outcomes. Each process loads its models once.
-    # fork: no re-import of __main__ (works from notebooks and stdin scripts). Aligning touches
-    # neither torch nor OpenMP, so forking a parent that imported them is safe; an in-worker
-    # step that runs torch keeps it to one thread there (what DataLoader workers do).
-    method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    if finish is not None and method != "fork":
-        raise UsageError("An in-worker step needs processes started by fork, which this platform lacks.")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method),
-                               initializer=_init_worker, initargs=(job, os.getpid(), finish))
-    tasks = iter(chunks)
     try:
-        pending = {pool.submit(_align_chunk, task) for task in islice(tasks, workers * 4)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                for outcome in future.result():  # re-raises DiskFull from a worker, BrokenProcessPool
-                    record(outcome)
-                task = next(tasks, None)
-                if task is not None:
-                    pending.add(pool.submit(_align_chunk, task))
-    except BaseException:
-        _stop(pool)
-        # The killed workers' temporary files are stale now (their pids are dead).
+        for _, outcomes in executor.map(align_chunk, chunks, setup=setup, ordered=False):
+            for outcome in outcomes:
+                record(outcome)
+    finally:
+        # Temporary files of killed workers (stopped, or a task an executor retried) are stale
+        # now (their pids are dead).
         remove_stale_temps(out)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Stop at once: cancel what is queued and kill the workers (they may be mid-image)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    manager = getattr(pool, "_executor_manager_thread", None)
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        try:
-            process.kill()
-        except (OSError, ValueError, AttributeError):
-            pass
-    for process in processes:
-        process.join(timeout=5)
-    if manager is not None:
-        manager.join(timeout=10)  # it reaps the killed workers, so their pids read as dead
-

@@ -21,7 +21,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
-from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Precision, Upsample  # noqa: F401 (re-exported)
+from ..choices import (DEFAULT_MODEL, Detector, Device, Executor, FacePolicy, Fallback, Precision,  # noqa: F401
+                       Upsample)  # (re-exported)
 from ..detect import detector_help
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, FacenetError, is_disk_full, write_error
 
@@ -150,6 +151,17 @@ class FacenetCommand(TyperCommand):
     """A command whose --help imports typer's renderer the light way, and whose float options
     are refused when not finite."""
 
+    def collect_usage_pieces(self, ctx):
+        """Usage lines name the arguments as the docs do (`GALLERY PHOTOS...`, `[OUT]`), not as
+        this typer's `{gallery} {photos}...`; an argument's own metavar wins."""
+        shown = {}
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument" and hasattr(param, "_usage_display_name"):
+                name = param.metavar or param.name.upper()
+                name = name if param.required else f"[{name}]"
+                shown[param._usage_display_name()] = name + ("..." if param.nargs != 1 else "")
+        return [shown.get(piece, piece) for piece in super().collect_usage_pieces(ctx)]
+
     def format_help(self, ctx, formatter):
         _import_help_renderer()
         return super().format_help(ctx, formatter)
@@ -193,8 +205,13 @@ app = typer.Typer(
     name="facenet",
     cls=FacenetGroup,
     help="Face recognition in the spirit of FaceNet and OpenFace: align, represent, compare, measure on "
-    "LFW, train, identify people from a gallery, cluster, and serve a live demo. "
-    "Exit codes: 0 done, 1 the job failed, 2 usage error, 130 interrupted.",
+    "LFW, train, identify people from a gallery, cluster, and serve a live demo.\n\n"
+    "One grammar: inputs, then outputs, are arguments; one option name means one thing in every command "
+    "(the face-pipeline options --model, --detector, --upsample, --faces, --device, --precision, --flip, --tta, "
+    "--batch-size; --workers: processes that find and align faces; --executor local|ray; --top N: results per "
+    "face, best first); --json or --csv (not both) print results on stdout, --quiet draws no progress (none is "
+    "drawn off a terminal either).\n\n"
+    "Exit codes: 0 done, 1 the job failed, 2 usage error, 3 the inputs hold no face to work on, 130 interrupted.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -291,6 +308,8 @@ INTERRUPTED: dict[str, str | Callable[..., str]] = {
                     "which.",
     "gallery export": "interrupted; the export folder is as it was before this run, rerun the same command to "
                       "export again.",
+    "gallery copy": "interrupted; the faces copied so far are in the destination, rerun the same command to copy "
+                    "the rest.",
 }
 
 
@@ -383,11 +402,18 @@ BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Faces
 FlipOption = Annotated[bool, typer.Option(
     "--flip/--no-flip", help="Average each face's embedding with its mirror image's (slower, often more accurate).")]
 PrecisionOption = Annotated[Precision, typer.Option(
-    "--precision", help="Network arithmetic: fp32 (reference), bf16 (fast only on CPUs/GPUs with bf16 units) "
-    "or int8 (CPU; 1.3x fp32's network speed on an AVX2 CPU, LFW View 2 within 0.1 point).")]
+    "--precision", help="Network arithmetic: auto (the fastest of the three below that keeps LFW View 2 within 0.1 "
+    "point of fp32 on this kind of CPU, from measured tables: int8 on AVX2, bf16 with AVX-512 BF16; fp32 on a GPU), "
+    "fp32 (reference), bf16 (fast only on CPUs/GPUs with bf16 units) or int8 (CPU; 1.3x fp32's network speed on an "
+    "AVX2 CPU, 2x with VNNI). represent records the one used in meta.json.")]
 TTAOption = Annotated[int, typer.Option(
     "--tta", min=0, help="Also average N jittered copies of each face (small shifts, zooms, rotations); "
     "costs (1 + N)x the network time.")]
+# Text, not a Path: a location passes to the gallery store as typed (a Path would fold the `//` of a
+# URL a store backend may take); the SQLite store refuses a folder itself.
+GalleryArg = Annotated[str, typer.Argument(help="The gallery: a file (SQLite), e.g. people.gallery, or a URL, e.g. "
+                                           "postgresql://user@host/db?gallery=people.", metavar="GALLERY",
+                                           show_default=False)]
 
 # Detection options, the same on every command that finds faces in photos (align, represent
 # --photos, compare, and the commands that take photos later).
@@ -396,6 +422,10 @@ DetectorOption = Annotated[Detector, typer.Option("--detector", help=detector_he
 UpsampleOption = Annotated[Upsample, typer.Option(
     "--upsample", help="Detector upsampling 0-4, or auto: 0 first, more only when no face is found (upsampling "
     "stops at a pixel budget, so huge photos are never blown up).")]
+MinFaceOption = Annotated[Optional[int], typer.Option(
+    "--min-face", metavar="PX", min=1, help="Find faces at least PX pixels wide in the photo; narrower boxes are "
+    "dropped (mtcnn starts its search there, so a larger value is faster). Default: what the detector reaches.",
+    show_default=False)]
 FacesOption = Annotated[FacePolicy, typer.Option(
     "--faces", help="Several faces: largest, center (nearest the image centre), center-only (only a face covering "
     "the centre; for centred datasets such as LFW), all, skip-multi.")]
@@ -406,8 +436,50 @@ FallbackDirOption = Annotated[Optional[Path], typer.Option(
     "--fallback-dir", help="No face found: align the same relative path from this folder instead (OpenFace style).")]
 
 
+# Where the batch work runs, the same on every command that works through many photos (align,
+# represent, identify, cluster, gallery add). --workers has one meaning everywhere: processes
+# that find and align faces (the network runs in this process, or on Ray's actors).
+ExecutorOption = Annotated[Executor, typer.Option(
+    "--executor", help="Where faces are found and aligned: local (processes on this machine) or ray (tasks on a "
+    "Ray cluster; Ray comes with the ray extra of facenet-cli, or pip install 'ray>=2.40'). On a cluster of several "
+    "machines the input and output folders (and the model files) must be on storage every node sees under the same "
+    "path.")]
+AddressOption = Annotated[Optional[str], typer.Option(
+    "--address", help="With --executor ray: the cluster's address (host:port, as `ray start --head` prints it). "
+    "Default: the cluster Ray finds (RAY_ADDRESS, or the latest `ray start` on this machine), else a local one "
+    "started for this run.")]
+WorkersOption = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, metavar="N", help="Processes that find and align faces, each loading the detector once "
+    "(default: 1 for align and represent, one per CPU otherwise); with --executor ray: tasks running at once at most "
+    "(default: twice the cluster's CPUs).")]
+# How many results a command lists per face, best first (identify: candidates, search: gallery faces).
+TopOption = Annotated[int, typer.Option("--top", min=1, metavar="N", help="Results listed per face, best first.")]
+
+
+def pipeline_options(model: Any = None, **given: Any):
+    """The command's pipeline.PipelineOptions: the face-pipeline options it was given (enum
+    members become their values; None stays unset: the model's own, then the library's default)."""
+    from ..pipeline.face_pipeline import PipelineOptions
+
+    return PipelineOptions(model=None if model is None else str(model), **given)
+
+
+def open_executor(executor: Any = None, address: str | None = None, workers: int | None = None):
+    """The command's executor (executors.get_executor), to use as a context manager: local
+    processes, or a Ray cluster (disconnected, and a cluster it started stopped, at the end)."""
+    from ..errors import UsageError
+    from ..executors import get_executor
+
+    name = getattr(executor, "value", executor) or "local"
+    if address:
+        if name != "ray":
+            raise UsageError("--address names a Ray cluster; add --executor ray to use it.")
+        return get_executor(name, workers, address=address)
+    return get_executor(name, workers)
+
+
 def load_embedder(model: str, device: str = "auto", batch_size: int = 32, flip: bool = False,
-                  precision: str = "fp32", tta: int = 0, engine: str = "torch"):
+                  precision: str = "auto", tta: int = 0, engine: str = "torch"):
     """Resolve --model through the catalogue (or a checkpoint) and load its network once."""
     return load_pipeline(model, device=device, batch_size=batch_size, flip=flip, precision=precision, tta=tta,
                          engine=engine, verify=False).embedder  # the embedder checks its own weights

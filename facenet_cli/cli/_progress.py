@@ -39,13 +39,19 @@ def progress_bar(quiet: bool = False) -> Progress:
     )
 
 
+# The unit each stage of the library's jobs counts in (progress.Progress.stage names).
+STAGE_UNITS = {"Aligning": "entries/s", "Embedding": "faces/s", "Finding faces": "photos/s",
+               "Identifying": "photos/s", "Clustering": "faces/s"}
+
+
 class CountingProgress:
     """A bar that appears only when the work starts, so a usage error found first stays one line
-    on stderr, and counts items at a rate. Hand `on_start(total)` and `on_advance(count)` to a
-    library job; use it as a context manager.
+    on stderr, and counts items at a rate. It is the library's progress protocol
+    (progress.Progress: start, advance, stage): hand it to a use case as `progress=`; use it as
+    a context manager.
 
         with CountingProgress("Aligning", "entries/s") as bar:
-            align_tree(raw, out, job, on_start=bar.on_start, on_outcome=lambda _: bar.on_advance())
+            align_tree(raw, out, job, progress=bar)
     """
 
     def __init__(self, description: str, unit: str = "/s", quiet: bool = False):
@@ -55,7 +61,7 @@ class CountingProgress:
         self._done = 0
         self._started = time.perf_counter()
 
-    def on_start(self, total: int | None) -> None:
+    def start(self, total: int | None) -> None:
         if self._task is None:
             self._progress.start()
             self._started = time.perf_counter()
@@ -63,9 +69,9 @@ class CountingProgress:
         else:
             self._progress.update(self._task, total=total)
 
-    def on_advance(self, count: int = 1) -> None:
+    def advance(self, count: int = 1) -> None:
         if self._task is None:
-            self.on_start(None)
+            self.start(None)
         self._done += count
         rate = self._done / max(time.perf_counter() - self._started, 1e-9)
         self._progress.update(self._task, completed=self._done, rate=f"{rate:.1f} {self.unit}")
@@ -74,8 +80,12 @@ class CountingProgress:
         """A job of several stages: mark the current one done and count the next on its own line."""
         self._complete()
         self.description, self._task, self._done = description, None, 0
-        self.unit = unit or self.unit
-        self.on_start(total)
+        self.unit = unit or STAGE_UNITS.get(description, self.unit)
+        self.start(total)
+
+    # The names of the callbacks before the progress protocol, for callers not yet moved.
+    on_start = start
+    on_advance = advance
 
     def _complete(self) -> None:
         if self._task is not None:

@@ -7,43 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ..choices import DEFAULT_MODEL, MAX_SIZE, MIN_SIZE, Detector, Executor, FacePolicy, Fallback, Landmarks, Upsample
-from ._app import (DetectorOption, FacesOption, FallbackDirOption, FallbackOption, JsonOption, QuietOption, ModelOption,
-                   UpsampleOption, command, console, print_json)
+# ExecutorOption, AddressOption, WorkersOption: declared once in _app.py, for every batch command.
+from ._app import (MinFaceOption, AddressOption, DetectorOption, ExecutorOption, FacesOption, FallbackDirOption,  # noqa: F401
+                   FallbackOption, JsonOption, ModelOption, QuietOption, UpsampleOption, WorkersOption, command,
+                   console, open_executor, print_json)
 
 if TYPE_CHECKING:
     from ..align.job import AlignJob, AlignReport
-    from ..executors.ray import RayExecutor
-
-# Shared with `facenet represent`.
-ExecutorOption = Annotated[Executor, typer.Option(
-    "--executor", help="local: processes on this machine; ray: tasks on a Ray cluster (Ray comes with the ray "
-    "extra of facenet-cli, or pip install 'ray>=2.40'). On a cluster of several machines the input and output folders (and the model files) "
-    "must be on storage every node sees under the same path.")]
-AddressOption = Annotated[Optional[str], typer.Option(
-    "--address", help="With --executor ray: the cluster's address (host:port, as `ray start --head` prints it). "
-    "Default: the cluster Ray finds (RAY_ADDRESS, or the latest `ray start` on this machine), else a local one "
-    "started for this run.")]
-WorkersOption = Annotated[Optional[int], typer.Option(
-    "--workers", min=1, help="Processes, each loading the detector once (default 1); with --executor ray: align "
-    "tasks running at once at most (default: twice the cluster's CPUs).")]
-
-
-def executor_for(executor: Executor, address: Optional[str], workers: Optional[int]):
-    """A context manager giving the job's executor: None (local processes) or a RayExecutor,
-    disconnected (and a cluster it started stopped) at the end."""
-    from contextlib import nullcontext
-
-    if executor == Executor.local:
-        if address:
-            from ..errors import UsageError
-
-            raise UsageError("--address names a Ray cluster; add --executor ray to use it.")
-        return nullcontext(None)
-    from ..executors.ray import RayExecutor
-
-    return RayExecutor(address=address, max_tasks=workers)
-
-
+    from ..executors import Executor as ExecutorProtocol
 
 def model_spec(model: str, landmarks: Optional[str], size: Optional[int]):
     """The model's own spec unless --landmarks names another; --size overrides the size."""
@@ -73,6 +44,7 @@ def align_command(
         help=f"Output side in pixels, {MIN_SIZE}-{MAX_SIZE} (default: the spec's, e.g. 96 or 150).")] = None,
     detector: DetectorOption = Detector.hog,
     upsample: UpsampleOption = Upsample.auto,
+    min_face: MinFaceOption = None,
     faces: FacesOption = FacePolicy.largest,
     fallback: FallbackOption = Fallback.none,
     fallback_dir: FallbackDirOption = None,
@@ -104,28 +76,28 @@ def align_command(
         spec=model_spec(model, landmarks.value if landmarks else None, size),
         detector=detector.value,
         upsample=upsample.value,
+        min_face=min_face,
         faces=faces.value,
         fallback=fallback.value,
         fallback_dir=str(fallback_dir) if fallback_dir else None,
     )
-    with executor_for(executor, address, workers) as runner:
-        report = run_with_progress(raw, out, job, workers or 1, executor=runner, quiet=quiet)
+    with open_executor(executor, address, workers or (1 if executor == Executor.local else None)) as runner:
+        report = run_with_progress(raw, out, job, executor=runner, quiet=quiet)
     if as_json:
         print_json(report.summary())
     else:
         print_summary(report)
 
 
-def run_with_progress(raw: Path, out: Path, job: "AlignJob", workers: int,
-                      executor: "RayExecutor | None" = None, quiet: bool = False) -> "AlignReport":
+def run_with_progress(raw: Path, out: Path, job: "AlignJob", workers: int | None = None,
+                      executor: "ExecutorProtocol | None" = None, quiet: bool = False) -> "AlignReport":
     """`align_tree` with a progress bar on stderr, shown once the folders are checked (a usage
     error stays one line); the same bar for a Ray run, advanced as its outcomes arrive."""
     from ..align.job import align_tree
     from ._progress import CountingProgress
 
     with CountingProgress("Aligning", "entries/s", quiet) as bar:
-        return align_tree(raw, out, job, workers, on_outcome=lambda _outcome: bar.on_advance(),
-                          on_start=bar.on_start, executor=executor)
+        return align_tree(raw, out, job, workers, executor=executor, progress=bar)
 
 
 def print_summary(report: "AlignReport") -> None:

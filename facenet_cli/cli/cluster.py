@@ -6,9 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..choices import DEFAULT_MODEL, Detector, FacePolicy, Fallback, LinkMode, Upsample
-from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacesOption, FallbackOption, FlipOption,
-                   JsonOption, ModelOption, QuietOption, UpsampleOption, command, console, err_console, print_json)
+from ..choices import DEFAULT_MODEL, Detector, Executor, FacePolicy, Fallback, LinkMode, Precision, Upsample
+from ._app import (PrecisionOption, MinFaceOption, AddressOption, BatchSizeOption, DetectorOption, DeviceOption, ExecutorOption, FacesOption,
+                   FallbackOption, FlipOption, JsonOption, ModelOption, QuietOption, UpsampleOption, WorkersOption,
+                   command, console, err_console, open_executor, pipeline_options, print_json)
 
 
 @command
@@ -17,10 +18,11 @@ def cluster_command(
         help="A `facenet represent` output (labels.csv), an aligned folder, or a folder of photos.")],
     out: Annotated[Path, typer.Argument(
         help="Output folder: clusters.csv, cluster-summary.json, contact-sheet.png (and links/ with --link).")],
-    threshold: Annotated[Optional[float], typer.Option(
-        "--threshold", help="Squared L2 distance under which clusters merge (average linkage); default: the "
-        "model's calibrated clustering operating point.")] = None,
-    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours kept per face in the neighbour graph.")] = 32,
+    max_distance: Annotated[Optional[float], typer.Option(
+        "--max-distance", metavar="D", help="Squared L2 distance under which clusters merge (average linkage); "
+        "default: the model's calibrated clustering operating point.")] = None,
+    neighbours: Annotated[int, typer.Option(
+        "--neighbours", min=1, metavar="N", help="Neighbours kept per face in the neighbour graph.")] = 32,
     link: Annotated[Optional[LinkMode], typer.Option(
         "--link", help="Also write OUT/links/cluster-0001/... (and unknown/) with a symlink or hard link per face "
         "crop; rename a folder to the person's name and `facenet gallery add` it.")] = None,
@@ -28,30 +30,35 @@ def cluster_command(
     sheet_columns: Annotated[int, typer.Option("--sheet-columns", min=1, help="Contact sheet: faces per row.")] = 12,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
     batch_size: BatchSizeOption = 32,
     flip: FlipOption = True,  # the calibrated threshold was chosen on --flip embeddings
     detector: DetectorOption = Detector.hog,
     upsample: UpsampleOption = Upsample.auto,
+    min_face: MinFaceOption = None,
     faces: FacesOption = FacePolicy.all,
     fallback: FallbackOption = Fallback.none,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Photos: alignment processes.")] = 1,
+    workers: WorkersOption = None,
+    executor: ExecutorOption = Executor.local,
+    address: AddressOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Group faces by person; faces that match no one go to `unknown`.
+
+    Photos are aligned by --workers processes (or on Ray with --executor ray). Exit 3 when the photos hold no face.
 
     Example: facenet cluster reps/ clusters/ --link symlink   (or: facenet cluster photos/ clusters/)
     """
     from ..recognition.cluster import cluster_faces, cluster_name
     from ._progress import CountingProgress
 
-    with CountingProgress("Clustering", quiet=quiet) as bar:
-        report = cluster_faces(
-            source, out, threshold=threshold, k=k, link=link.value if link else None,
-            sheet_rows=sheet_rows, sheet_columns=sheet_columns, model=model, device=str(device),
-            flip=flip, batch_size=batch_size, detector=detector.value, upsample=upsample.value,
-            faces=faces.value, fallback=fallback.value, workers=workers,
-            on_stage=bar.stage, on_advance=bar.on_advance)
+    options = pipeline_options(model, precision=precision, device=device, flip=flip, batch_size=batch_size, detector=detector,
+                               upsample=upsample, min_face=min_face, faces=faces, fallback=fallback)
+    with open_executor(executor, address, workers) as runner, CountingProgress("Clustering", quiet=quiet) as bar:
+        report = cluster_faces(source, out, max_distance=max_distance, neighbours=neighbours,
+                               link=link.value if link else None, sheet_rows=sheet_rows, sheet_columns=sheet_columns,
+                               pipeline=options, executor=runner, progress=bar)
 
     summary = report.to_dict()
     if as_json:
@@ -60,7 +67,7 @@ def cluster_command(
     from rich.table import Table
 
     table = Table(title=f"{summary['clusters']} clusters of {summary['faces']} faces "
-                        f"(threshold {report.threshold:g}, {report.threshold_source})")
+                        f"(max distance {report.threshold:g}, {report.threshold_source})")
     table.add_column("cluster")
     table.add_column("faces", justify="right")
     table.add_column("first faces")

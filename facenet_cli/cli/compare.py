@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Precision, Upsample
-from ..errors import DataError
-from ._app import (DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption, FlipOption,
+from ._app import (MinFaceOption, DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption, FlipOption,
                    JsonOption, ModelOption, PrecisionOption, TTAOption, UpsampleOption, command, console,
                    err_console, load_pipeline, print_json)
 
@@ -24,37 +23,35 @@ def compare_command(
     flip: FlipOption = False,
     detector: DetectorOption = Detector.hog,
     upsample: UpsampleOption = Upsample.auto,
+    min_face: MinFaceOption = None,
     faces: FacesOption = FacePolicy.all,
     fallback: FallbackOption = Fallback.none,
     fallback_dir: FallbackDirOption = None,
-    precision: PrecisionOption = Precision.fp32,
+    precision: PrecisionOption = Precision.auto,
     tta: TTAOption = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Squared L2 distances between the faces of photos, with a same/different verdict.
 
     0 means the same picture, 4 opposite; the verdict uses the model's threshold. Photos without a
-    face are reported and the others still compared.
+    face are reported and the others still compared. Exit 3 when no photo holds a face, 1 when only one face was found.
 
     Example: facenet compare lennon-1.jpg lennon-2.jpg clapton-1.jpg
     """
-    from ..recognition.compare import compare_photos
+    from ..recognition.compare import check_faces, compare_photos
     # engine="auto": for a handful of faces on the CPU, dlib's own network instead of importing
     # PyTorch, whose import alone takes longer than the whole comparison.
     pipeline = load_pipeline(model, device=device, flip=flip, precision=precision, tta=tta, engine="auto",
-                             detector=detector, upsample=upsample, faces=faces, fallback=fallback,
+                             detector=detector, upsample=upsample, min_face=min_face, faces=faces, fallback=fallback,
                              fallback_dir=fallback_dir)
-    embedder = pipeline.embedder  # first: a bad --precision/--device is refused before detection loads
-    result = compare_photos([str(p) for p in images], pipeline.aligner, embedder,
-                            fallback_dir=pipeline.options.fallback_dir)
+    pipeline.embedder  # first: a bad --precision/--device is refused before detection loads
+    result = compare_photos([str(p) for p in images], pipeline)
     if as_json:
         print_json(result.to_dict())
     else:
         print_comparison(result)
-    if len(result.faces) < 2:
-        # Printed above first, so scripts still get the per-photo problems.
-        raise DataError(f"compare needs at least two faces and found {len(result.faces)}; "
-                        "give two or more photos with faces.")
+    # Printed above first, so scripts still get the per-photo problems.
+    check_faces(result)
 
 
 def print_comparison(result: "Comparison") -> None:

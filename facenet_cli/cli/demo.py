@@ -32,6 +32,7 @@ def demo_command(
     """
     from PIL import Image, ImageEnhance, ImageOps
 
+    from ..align.job import AlignJob
     from ..atomic import atomic_open
     from ..recognition.compare import compare_photos
     from .align import print_summary, run_with_progress
@@ -49,10 +50,10 @@ def demo_command(
             image.save(fh, format="JPEG", quality=92)
 
     pipeline = load_pipeline(DEFAULT_MODEL, flip=False, upsample="auto", faces="all")
-    embedder = pipeline.embedder
-    report = run_with_progress(raw.parent, out / "aligned", pipeline.align_job(faces="largest"), workers=1,
+    pipeline.embedder  # loaded first: a damaged weights file is one sentence before any work
+    report = run_with_progress(raw.parent, out / "aligned", AlignJob.of(pipeline, faces="largest"), workers=1,
                                quiet=quiet)
     print_summary(report)
-    result = compare_photos(sorted(raw.iterdir()), pipeline.aligner, embedder)
+    result = compare_photos(sorted(raw.iterdir()), pipeline)
     print_comparison(result)
     console.print("Try `facenet compare` on photos of your own.")

@@ -7,19 +7,21 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..choices import Detector, IdentifyMethod, IndexUse, Upsample
-from ._app import (DetectorOption, DeviceOption, JsonOption, QuietOption, command, console, err_console,
-                   given_options, print_json, refuse_together)
+from ..choices import Detector, Executor, IdentifyMethod, IndexUse, Precision, Upsample
+from ._app import (PrecisionOption, MinFaceOption, AddressOption, DetectorOption, DeviceOption, ExecutorOption, GalleryArg, JsonOption, QuietOption, TopOption,
+                   UpsampleOption, WorkersOption, command, console, err_console, given_options, open_executor,
+                   pipeline_options, print_json, refuse_together)
 
 
 @command
 def identify_command(
     ctx: typer.Context,
-    gallery: Annotated[Path, typer.Argument(help="A gallery file from `facenet gallery add`.", dir_okay=False)],
+    gallery: GalleryArg,
     photos: Annotated[list[Path], typer.Argument(help="Photos, or folders of photos; every face in them is answered.")],
     far: Annotated[Optional[float], typer.Option(
         "--far", help="The share of strangers you accept being named as someone (0.01 = 1 %, the default; 0.001 "
-        "= stricter). Calibrated on LFW people for the gallery's size.", show_default=False)] = None,
+        "= stricter). Calibrated for this gallery against the model's cohort of LFW strangers; a note says "
+        "when the gallery cannot promise it.", show_default=False)] = None,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", help="Expert override: the gate score under which a face is named (overrides --far).",
         show_default=False)] = None,
@@ -28,13 +30,19 @@ def identify_command(
         "vote) or svm (linear SVC fitted on the gallery, as OpenFace's classifier); each behind the same unknown "
         "gate. Default: the one the model's operating points were calibrated with (mean for dlib-resnet.v1).",
         show_default=False)] = None,
-    k: Annotated[int, typer.Option("--k", min=1, help="With --method knn: how many nearest faces vote.")] = 3,
-    top: Annotated[int, typer.Option("--top", min=1, help="Candidates listed per face, best first.")] = 3,
+    k: Annotated[int, typer.Option("--k", min=1, metavar="N", help="With --method knn: how many nearest faces "
+                                   "vote.")] = 3,
+    top: TopOption = 3,
     model: Annotated[Optional[str], typer.Option(
         "--model", help="A catalogue name or checkpoint; must be the gallery's own model (the default).")] = None,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
     detector: DetectorOption = Detector.hog,
-    upsample: Annotated[Upsample, typer.Option("--upsample", help="Detector upsampling 0-4, or auto.")] = Upsample.auto,
+    upsample: UpsampleOption = Upsample.auto,
+    min_face: MinFaceOption = None,
+    workers: WorkersOption = None,
+    executor: ExecutorOption = Executor.local,
+    address: AddressOption = None,
     index: Annotated[IndexUse, typer.Option(
         "--index", help="auto: search the gallery's index (kept beside it, rebuilt when stale) once exact "
         "matching would scan 10,000 vectors per query; always; never (exact).")] = IndexUse.auto,
@@ -48,6 +56,8 @@ def identify_command(
 ) -> None:
     """Name every face in the photos from a gallery, or say `unknown` (with the estimated false-alarm rate).
 
+    Photos are named by their path relative to the folder given. Exit 0 with answers, 3 when no photo holds a face, 2 on usage.
+
     Example: facenet identify people.gallery party/ --far 0.001 --top 3
     """
     refuse_together(**{"--csv": as_csv, "--json": as_json})
@@ -56,19 +66,24 @@ def identify_command(
 
         raise UsageError(f"--k is the number of voting faces of --method knn, not of --method {method.value}; "
                          "drop --k or use --method knn.")
-    from ..recognition.identify import identify
+    from ..recognition.identify import check_found, identify
+    from ..store.registry import open_store
     from ._progress import CountingProgress
 
-    with CountingProgress("Identifying", "photos/s", quiet) as bar:
-        result = identify(gallery, [str(p) for p in photos], method=method.value if method else None, far=far,
-                          threshold=threshold, top=top, k=k, device=device.value, detector=detector.value,
-                          upsample=upsample.value, model=model, use_index=index.value, on_start=bar.on_start, on_advance=bar.on_advance)
+    options = pipeline_options(model, precision=precision, device=device, detector=detector, upsample=upsample, min_face=min_face)
+    with open_store(gallery) as store, open_executor(executor, address, workers) as runner, \
+            CountingProgress("Identifying", "photos/s", quiet) as bar:
+        result = identify(store, [str(p) for p in photos], method=method.value if method else None, far=far,
+                          threshold=threshold, top=top, k=k, pipeline=options, executor=runner,
+                          use_index=index.value, progress=bar)
     if as_json:
         print_json(result.to_dict())
     elif as_csv:
         typer.echo(result.csv_text(), nl=False)
     else:
-        point = (f"FAR {result.far:g}" if result.far is not None else f"threshold {result.threshold:.4f}")
+        point = (f"FAR {result.far:g} (threshold {result.threshold:.4f}"
+                 + (", this gallery's)" if result.operating_point is not None else ")")
+                 if result.far is not None else f"threshold {result.threshold:.4f}")
         table = Table(title=f"{result.gallery}: {result.people} people, {result.method}, gate at {point}")
         for column in ("photo", "face", "box", "name", "distance", "est. FAR", "candidates"):
             numeric = column in ("face", "distance", "est. FAR")
@@ -85,6 +100,9 @@ def identify_command(
     if not as_json and not as_csv:
         for photo, reason in result.problems.items():
             err_console.print(f"{photo}: {reason}", markup=False)
+    for note in result.notes():  # once per command, whatever the output: the FAR asked is not promised here
+        err_console.print(f"Note: {note}", markup=False, highlight=False, soft_wrap=True)
+    check_found(result)  # after the output: scripts still get every photo's problem
 
 
 def _far_text(far: float | None, far_range: tuple[float, float] | None) -> str:

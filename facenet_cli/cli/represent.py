@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ..choices import DEFAULT_MODEL, Detector, Device, Executor, FacePolicy, Fallback, Precision, Upsample
-from ._app import (BatchSizeOption, DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption,
-                   FlipOption, JsonOption, ModelOption, PrecisionOption, QuietOption, TTAOption, UpsampleOption,
-                   command, console, err_console, given_options, load_pipeline, print_json)
-from .align import AddressOption, ExecutorOption
+from ._app import (MinFaceOption, AddressOption, BatchSizeOption, DetectorOption, DeviceOption, ExecutorOption, FacesOption,
+                   FallbackDirOption, FallbackOption, FlipOption, JsonOption, ModelOption, PrecisionOption, QuietOption,
+                   TTAOption, UpsampleOption, WorkersOption, command, console, err_console, given_options,
+                   load_pipeline, open_executor, print_json)
 
 
 @command
@@ -22,16 +22,15 @@ def represent_command(
     device: DeviceOption = Device.auto,
     batch_size: BatchSizeOption = 32,
     flip: FlipOption = False,
-    precision: PrecisionOption = Precision.fp32,
+    precision: PrecisionOption = Precision.auto,
     tta: TTAOption = 0,
     photos: Annotated[bool, typer.Option(
         "--photos", help="ALIGNED holds raw photos: align them first (into OUT/aligned) with the model's own spec "
         "and the detection options below, as `facenet align` does.")] = False,
-    workers: Annotated[Optional[int], typer.Option(
-        min=1, help="With --photos: alignment processes (default 1); with --executor ray: align tasks running at "
-        "once at most (default: twice the cluster's CPUs).")] = None,
+    workers: WorkersOption = None,
     detector: DetectorOption = Detector.hog,
     upsample: UpsampleOption = Upsample.auto,
+    min_face: MinFaceOption = None,
     faces: FacesOption = FacePolicy.largest,
     fallback: FallbackOption = Fallback.none,
     fallback_dir: FallbackDirOption = None,
@@ -50,9 +49,8 @@ def represent_command(
     Example: facenet represent aligned/ reps/ --batch-size 64
     """
     from ..errors import UsageError
-    from .align import executor_for
 
-    detection = given_options(ctx, "detector", "upsample", "faces", "fallback", "fallback_dir")
+    detection = given_options(ctx, "detector", "upsample", "min_face", "faces", "fallback", "fallback_dir")
     if detection and not photos:  # they would be silently ignored: ALIGNED holds crops already
         raise UsageError(f"{detection[0]} applies only with --photos (ALIGNED holds aligned faces otherwise); add "
                          "--photos or drop it.")
@@ -60,37 +58,34 @@ def represent_command(
     # checks the weights (engine auto loads no network until asked), the actors load it.
     pipeline = load_pipeline(model, verify=False, device=device, batch_size=batch_size, flip=flip, precision=precision,
                              tta=tta, engine="auto" if executor == Executor.ray else "torch", detector=detector,
-                             upsample=upsample, faces=faces, fallback=fallback, fallback_dir=fallback_dir)
+                             upsample=upsample, min_face=min_face, faces=faces, fallback=fallback,
+                             fallback_dir=fallback_dir)
     _ = pipeline.embedder  # the weights are checked (and, locally, the network loaded) before any work
-    with executor_for(executor, address, workers) as runner:
-        _represent(aligned, out, pipeline, photos, workers or 1, runner, as_json, quiet)
+    with open_executor(executor, address, workers or (1 if executor == Executor.local else None)) as runner:
+        _represent(aligned, out, pipeline, photos, runner, as_json, quiet)
 
 
-def _represent(aligned: Path, out: Path, pipeline, photos: bool, workers: int, runner, as_json: bool,
+def _represent(aligned: Path, out: Path, pipeline, photos: bool, runner, as_json: bool,
                quiet: bool = False) -> None:
+    from ..align.job import AlignJob
     from ..pipeline.represent import represent_photos, represent_tree
     from ._progress import CountingProgress
 
-    embedder = pipeline.embedder
     align_summary = None
     if photos:
         from .align import print_summary
 
-        job = pipeline.align_job()
         # One bar, two stages: locally the crops are embedded while the alignment goes on.
         with CountingProgress("Aligning", "entries/s", quiet) as bar:
-            align_report, report = represent_photos(
-                aligned, out, embedder, job, workers, executor=runner, on_align_start=bar.on_start,
-                on_align_outcome=lambda _outcome: bar.on_advance(),
-                on_start=lambda total: bar.stage("Embedding", total, "faces/s"), on_batch=bar.on_advance)
+            align_report, report = represent_photos(aligned, out, pipeline, AlignJob.of(pipeline), executor=runner,
+                                                    progress=bar)
         if as_json:
             align_summary = align_report.summary()
         else:
             print_summary(align_report)
     else:
         with CountingProgress("Embedding", "faces/s", quiet) as bar:
-            report = represent_tree(aligned, out, embedder, on_start=bar.on_start, on_batch=bar.on_advance,
-                                    executor=runner)
+            report = represent_tree(aligned, out, pipeline, executor=runner, progress=bar)
     if as_json:
         print_json({**report.to_dict(), **({"align": align_summary} if align_summary else {})})
         return

@@ -7,33 +7,41 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..choices import Detector, IndexUse, Upsample
-from ._app import DetectorOption, DeviceOption, JsonOption, command, console, err_console, print_json
+from ..choices import Detector, IndexUse, Precision, Upsample
+from ._app import (PrecisionOption, MinFaceOption, DetectorOption, DeviceOption, GalleryArg, JsonOption, TopOption, UpsampleOption, command, console,
+                   err_console, pipeline_options, print_json)
 
 
 @command
 def search_command(
-    gallery: Annotated[Path, typer.Argument(help="A gallery file from `facenet gallery add`.", dir_okay=False)],
+    gallery: GalleryArg,
     photo: Annotated[Path, typer.Argument(help="One photo; every face in it is searched for.")],
-    top: Annotated[int, typer.Option("--top", min=1, help="How many of the most similar faces to list.")] = 5,
+    top: TopOption = 5,
     index: Annotated[IndexUse, typer.Option(
         "--index", help="auto: search the gallery's index (kept beside it as GALLERY.index, rebuilt when stale) "
         "from 10,000 faces on; always; never (an exact scan).")] = IndexUse.auto,
     model: Annotated[Optional[str], typer.Option(
         "--model", help="A catalogue name or checkpoint; must be the gallery's own model (the default).")] = None,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
     detector: DetectorOption = Detector.hog,
-    upsample: Annotated[Upsample, typer.Option("--upsample", help="Detector upsampling 0-4, or auto.")] = Upsample.auto,
+    upsample: UpsampleOption = Upsample.auto,
+    min_face: MinFaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List the gallery faces most similar to each face in a photo: distance, person, source.
 
+    Exit 0 with matches, 3 when the photo holds no face, 2 on usage.
+
     Example: facenet search people.gallery someone.jpg --top 10
     """
     from ..recognition.identify import search_gallery
+    from ..store.registry import open_store
 
-    result = search_gallery(gallery, photo, top=top, use_index=index.value, device=device.value,
-                            detector=detector.value, upsample=upsample.value, model=model)
+    with open_store(gallery) as store:  # opened once, for the faces and the index alike
+        result = search_gallery(store, photo, top=top, use_index=index.value,
+                                pipeline=pipeline_options(model, precision=precision, device=device, detector=detector, upsample=upsample,
+                                                          min_face=min_face))
     if as_json:
         print_json(result.to_dict())
         return

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..choices import Device
-from ._app import DeviceOption, command, console, err_console
+from ..choices import Detector, Device
+from ._app import DetectorOption, DeviceOption, MinFaceOption, command, console, err_console
 
 DEFAULT_GALLERY = Path("people.gallery")
 
@@ -32,17 +32,19 @@ def serve_command(
         show_default=False)] = None,
     detect_width: Annotated[int, typer.Option(
         "--detect-width", min=80, help="Live frames are searched for faces at this width (smaller is faster; "
-        "faces must be about a quarter of the frame width at 320).")] = 320,
+        "at 320 a 640 px frame's faces must be about 160 px wide for HOG, 32 px for mtcnn).")] = 320,
     enrol_frames: Annotated[int, typer.Option(
         "--enrol-frames", min=1, max=100, help="Frames enrolled when a person is added from the camera.")] = 10,
     workers: Annotated[int, typer.Option(
-        "--workers", min=1, max=16, help="Frames processed at once over all browser tabs.")] = 1,
+        "--frames-at-once", min=1, max=16, metavar="N", help="Frames processed at once over all browser tabs.")] = 1,
     allowed_host: Annotated[Optional[list[str]], typer.Option(
         "--allowed-host", metavar="NAME", help="Also answer requests addressed to this NAME or NAME:PORT (e.g. a "
         "reverse proxy's name); repeatable. Otherwise only the address served (127.0.0.1, localhost, [::1]) is "
         "answered, so that another site cannot reach the server by pointing its own name at it.",
         show_default=False)] = None,
     device: DeviceOption = Device.auto,
+    detector: DetectorOption = Detector.hog,
+    min_face: MinFaceOption = None,
 ) -> None:
     """Serve the live demo: the page streams the camera, the server names every face (or says unknown).
 
@@ -55,7 +57,7 @@ def serve_command(
     import secrets
 
     from ..serve import run_server
-    from ..serve.app import is_loopback
+    from ..serve.hosts import is_loopback
 
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
@@ -66,5 +68,6 @@ def serve_command(
                           "POST and DELETE (GET /api/csrf returns it); Ctrl-C stops.", markup=False, highlight=False)
 
     run_server(gallery, host=host, port=port, model=model, token=token, far=far, detect_width=detect_width,
-               enrol_frames=enrol_frames, workers=workers, device=device.value,
+               enrol_frames=enrol_frames, workers=workers, device=device.value, detector=detector.value,
+               min_face=min_face,
                allowed_hosts=tuple(allowed_host or ()), on_ready=ready)

@@ -53,7 +53,7 @@ def train_command(
     alpha: Annotated[float, typer.Option(help="Triplet margin on squared L2 distance.")] = 0.2,
     miner: Annotated[Miner, typer.Option(help="Triplet selection: openface (OpenFace's rule), semihard (FaceNet's) "
                                          "or batch-hard.")] = Miner.openface,
-    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror half the training images at random.")] = True,
+    flip: Annotated[bool, typer.Option("--mirror/--no-mirror", help="Mirror half the training images at random.")] = True,
     teacher_reps: Annotated[Optional[Path], typer.Option(
         help="Distil from this `facenet represent` folder of the same images (teacher's own alignment); "
         "rows match by <person>/<image name>, images without a row are left out.", show_default=False)] = None,
@@ -87,7 +87,7 @@ def train_command(
     Several processes on this machine (DistributedDataParallel; gloo on CPUs, nccl on GPUs), each embedding its
     share of every P x K batch, no port opened: facenet train aligned96/ run1 --nproc-per-node 2 (only rank 0
     writes and prints; --resume run1 --nproc-per-node 2 continues). Several machines: torchrun ... -m facenet_cli
-    train ... (README: what torchrun opens).
+    train ... (docs/TRAINING.md: what torchrun opens).
     """
     from dataclasses import asdict
 

@@ -2,9 +2,10 @@
 detectors that find them, five landmarks).
 
 One file per detector in this package registers itself (`register_detector`, as catalogue.py
-registers models): `hog.py` (dlib's HOG, the default), `hog_fast.py` (its frontal filter first)
-and `mmod.py` (dlib's CNN, and the hog+cnn cascade). A detector is one or more *stages*
-(`DetectorStage`: one search of one image at one upsampling level); `FaceDetector` runs them with
+registers models): `hog.py` (dlib's HOG, the default), `hog_fast.py` (its frontal filter first),
+`mmod.py` (dlib's CNN, and the hog+cnn cascade) and `mtcnn.py` (MTCNN in PyTorch, with five
+landmarks that the aligner maps to dlib's: `register_landmark_scheme`). A detector is one or
+more *stages* (`DetectorStage`: one search of one image at one upsampling level); `FaceDetector` runs them with
 everything detectors share: pixel budgets, upsampling plans, the downscaled first pass of big
 photos and the face policy (`accept`). Adding a detector is one new file here (and a catalogue
 record for its weights): a `DetectorStage` subclass whose `find` returns `FaceBox`es, and one
@@ -48,8 +49,8 @@ MAX_UPSAMPLE = 4
 
 # Pixels the detector may see after upsampling, and at most at all (above: downscaled), per
 # stage name of the built-in detectors.
-UPSAMPLE_BUDGET = {"hog": 4_000_000, "cnn": 1_050_000}
-PIXEL_BUDGET = {"hog": 16_000_000, "cnn": 1_050_000}
+UPSAMPLE_BUDGET = {"hog": 4_000_000, "cnn": 1_050_000, "mtcnn": 900_000}
+PIXEL_BUDGET = {"hog": 16_000_000, "cnn": 1_050_000, "mtcnn": 4_000_000}
 # Big photos under upsample "auto" (see the module doc). HOG_RELIABLE_BOX was measured on 300
 # LFW faces downscaled so that HOG's box has a given width: found 98.0% at 65 px, 99.7% at
 # 70-140 px, 92% at 60 px, 26% at 50 px.
@@ -66,6 +67,34 @@ CNN_MIN_SIDE = 16
 # shape predictor, in its order (two corners of each eye, then the bottom of the nose): the
 # dlib-chip template's own points, so the aligner uses them instead of running the predictor.
 DLIB_5 = "dlib-5"
+# MTCNN's five points: centre of the left and the right eye (as seen in the image), tip of the
+# nose, left and right mouth corner. Not dlib's points: detect/mtcnn.py maps them to dlib's.
+MTCNN_5 = "mtcnn-5"
+
+# Schemes whose points the dlib-chip template can use, each with the function that gives dlib's
+# five points from its own (DLIB_5: as they are). A detector file adds its scheme with
+# `register_landmark_scheme`; the aligner warps with the mapped points instead of running dlib's
+# predictor, where the mapping was measured to align better (detect/mtcnn.py says how).
+_TO_DLIB_5: dict[str, Callable[["np.ndarray"], "np.ndarray"]] = {DLIB_5: lambda points: points}
+
+
+def register_landmark_scheme(scheme: str, to_dlib_5: Callable[["np.ndarray"], "np.ndarray"]) -> None:
+    """Let the aligner use boxes' points of `scheme`: `to_dlib_5((5, 2) points) -> (5, 2)` gives
+    dlib's five points (two corners of each eye, the base of the nose) in image coordinates."""
+    if scheme in _TO_DLIB_5:
+        raise ValueError(f"landmark scheme {scheme!r} registered twice")
+    _TO_DLIB_5[scheme] = to_dlib_5
+
+
+def maps_to_dlib_5(scheme: str | None) -> bool:
+    """Whether points of `scheme` can stand in for dlib's 5-point predictor."""
+    _load_builtins()
+    return scheme in _TO_DLIB_5
+
+
+def to_dlib_5(points: np.ndarray, scheme: str) -> np.ndarray:
+    """A box's points of `scheme` as dlib's five points (KeyError for a scheme that has no mapping)."""
+    return _TO_DLIB_5[scheme](points)
 
 
 @dataclass(frozen=True)
@@ -173,6 +202,14 @@ class DetectorStage:
     first_pass_min_box: int | None = None  # set: big photos get the downscaled first pass
     landmarks: str | None = None  # the scheme of the boxes' points (DLIB_5), None: no points
     narrow: bool = False  # has a cheaper `find_narrow`, tried first at each level (hog-fast)
+    # The smallest face width to look for, in pixels of the image `find` gets, or None (the
+    # stage's own reach). FaceDetector sets it per image from its `min_face`; a stage with an
+    # image pyramid (mtcnn) starts its pyramid there, the others ignore it.
+    min_face: float | None = None
+    # About the narrowest face found at level 0, in pixels of the image searched (dlib's HOG and
+    # CNN: 80), and whether the search starts at `min_face` when one is set (then it is the reach).
+    reach: int = 80
+    searches_from_min_face: bool = False
 
     def find(self, rgb: np.ndarray, level: int) -> list[FaceBox]:
         raise NotImplementedError
@@ -298,9 +335,28 @@ def detector_files(name) -> tuple[str, ...]:
     return detector_entry(name).files
 
 
+def smallest_face_px(name, height: int, width: int, upsample: int | str = 0, pixel_budget: int | None = None,
+                     upsample_budget: int | None = None, min_face: int | None = None) -> int:
+    """About the narrowest face (pixels of a `height` x `width` photo) that detector `name` finds
+    with these settings: its stages' reach at the highest upsampling level the budgets allow,
+    in the photo's pixels (a photo over the pixel budget is searched downscaled), or `min_face`
+    where that is larger or the stage starts its search there. From the stages' class
+    attributes: no model is loaded."""
+    best = None
+    for stage in detector_entry(name).stages:
+        plan = detection_plan(height, width, parse_upsample(upsample),
+                              upsample_budget or getattr(stage, "upsample_budget", UPSAMPLE_BUDGET["cnn"]),
+                              pixel_budget or getattr(stage, "pixel_budget", PIXEL_BUDGET["cnn"]))
+        reach = getattr(stage, "reach", DetectorStage.reach) / 2 ** max(plan.levels) / plan.scale
+        if min_face is not None:
+            reach = min_face if getattr(stage, "searches_from_min_face", False) else max(reach, min_face)
+        best = reach if best is None else min(best, reach)
+    return int(-(-best // 1))
+
+
 def create_detector(name, **options) -> "FaceDetector":
     """A ready detector: `options` are FaceDetector's (upsample, upsample_budget, pixel_budget,
-    first_pass_pixels)."""
+    first_pass_pixels, min_face)."""
     return FaceDetector(name, **options)
 
 
@@ -311,10 +367,16 @@ class FaceDetector:
     """Find faces in an RGB uint8 image with a registered detector. Load once per process; call
     per image.
 
-    `upsample_budget` / `pixel_budget` override the per-stage budgets (pixels)."""
+    `upsample_budget` / `pixel_budget` override the per-stage budgets (pixels). `min_face`: the
+    narrowest face (pixels of the photo) to report; narrower boxes are dropped, whatever the
+    detector, and a detector with an image pyramid (mtcnn) looks no smaller (None: its default)."""
 
     def __init__(self, kind: str = "hog", upsample: int | str = 1, upsample_budget: int | None = None,
-                 pixel_budget: int | None = None, first_pass_pixels: int | None = None):
+                 pixel_budget: int | None = None, first_pass_pixels: int | None = None,
+                 min_face: int | None = None):
+        if min_face is not None and (isinstance(min_face, bool) or not str(min_face).isdigit() or int(min_face) < 1):
+            raise UsageError(f"--min-face must be a width in pixels of 1 or more, not {min_face!r}.")
+        self.min_face = None if min_face is None else int(min_face)
         entry = detector_entry(kind)
         self.kind = entry.name
         self.upsample = parse_upsample(upsample)
@@ -372,7 +434,8 @@ class FaceDetector:
         self.last_first_pass = "searched again"
         if boxes and min(min(b.width, b.height) for b in boxes) >= self._stages[stage].first_pass_min_box:
             fx, fy = width / small.shape[1], height / small.shape[0]
-            chosen = accept([b.scaled(fx, fy) for b in boxes])
+            chosen = accept([b.scaled(fx, fy) for b in boxes
+                             if self.min_face is None or b.width * fx >= self.min_face])
             if chosen:
                 self.last_first_pass = "kept"
                 return chosen
@@ -392,6 +455,8 @@ class FaceDetector:
                 if chosen:
                     return chosen
             plan = self.plan(stage, height, width)
+            if self.min_face is not None:  # in the pixels of the image the stage searches
+                self._stages[stage].min_face = self.min_face * plan.scale
             image = rgb if plan.scale == 1.0 else _downscale(rgb, plan.scale)
             fx, fy = width / image.shape[1], height / image.shape[0]
             for level in plan.levels:
@@ -415,6 +480,8 @@ class FaceDetector:
             boxes = self._detect_at(image, stage, level, frontal=which == "frontal")
             if scale is not None:
                 boxes = [b.scaled(*scale) for b in boxes]
+            if self.min_face is not None:
+                boxes = [b for b in boxes if b.width >= self.min_face]
             if boxes:
                 chosen = accept(boxes)
                 if chosen or which == "all":

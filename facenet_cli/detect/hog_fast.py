@@ -4,7 +4,7 @@ level with the first filter alone (cut out of dlib's own serialized detector:
 `frontal_sub_detector`) and runs all five there only when it finds no face the policy accepts.
 Measured on 500 LFW photos (benchmarks/align_levers.py): 5.3 ms against 8.7 ms a photo, and on
 the faces both find a box from the frontal filter where the full detector preferred another
-filter's (185 of 500 photos; see the README for what that does to LFW accuracy). Big photos'
+filter's (185 of 500 photos; docs/SPEED.md says what that does to LFW accuracy). Big photos'
 downscaled first pass uses all five filters.
 """
 from __future__ import annotations

@@ -1,20 +1,21 @@
 """`--executor ray`: align and represent on a Ray cluster, with the same outputs as a local run.
 
 The jobs keep everything that decides the outputs (listing, resume, the report journal, the
-order of the rows in the reps folder) in `jobs.align_tree` and `represent.represent_tree`; this
-module only moves the per-file and per-batch work:
+order of the rows in the reps folder) in `align.job.align_tree`, `represent.represent_tree` and
+`FacePipeline.iter_photos`; this module only moves the per-item and per-batch work, and imports
+nothing of them (the functions to run come as values, pickled by reference):
 
-- align: every file to align is one Ray task (decode, detect, landmarks, warp, write the PNG),
-  running `jobs._align_one`, the very function of the local pool, so the crops are the same
-  bytes. Each worker process loads the detector and landmark model once (`jobs._aligner_for`
-  keeps them per process). The driver records each outcome in the journal as it arrives.
-- represent: a pool of actors, each holding the network once (one GPU each when the cluster has
-  GPUs, else one CPU each), embeds batches of `batch_size` crops with `represent.embed_batch`;
-  the driver writes the rows through `RepsWriter` in the listing's order, whatever order the
-  batches finish in.
+- `map` (the Executor protocol): every item is one Ray task running the caller's function
+  (align: `align.job.align_chunk`, the very function of the local pool, so the crops are the
+  same bytes); `setup` runs once per worker process before its first item (align: load the
+  detector and landmark model). Results come back in order, or as they finish.
+- `embed_batches` (represent): a pool of actors, each holding the pipeline's network once (one
+  GPU each when the cluster has GPUs, else one CPU each), runs the caller's function on batches
+  of `batch_size` crops; the driver writes the rows through `RepsWriter` in the listing's order,
+  whatever order the batches finish in.
 
 A worker process that dies mid-task (killed, out of memory) costs nothing: Ray runs its task
-again (`ALIGN_TASK_RETRIES`), a dead actor is restarted and its batches are sent again
+again (`TASK_RETRIES`), a dead actor is restarted and its batches are sent again
 (`ACTOR_RESTARTS`). Every output is written atomically, so a task cut short leaves only a
 temporary file (removed by `remove_stale_temps`) and the retried task writes the same bytes
 under the real name once; the driver records each file once. Only when the retries run out
@@ -30,21 +31,19 @@ import logging
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from . import WorkersLost, register_executor
 from ..errors import FacenetError, UsageError
 
 if TYPE_CHECKING:
-    from ..formats.aligned import FileOutcome
-    from ..nets.embedder import Embedder
-    from ..align.job import AlignJob
-    from ..pipeline.represent import EmbeddedBatch
+    from ..pipeline.face_pipeline import FacePipeline
 
 INSTALL_HINT = ("--executor ray needs Ray, which is not installed here; install it with "
                 "`pip install 'facenet-cli[ray]'` (or `pip install 'ray>=2.40'`).")
-ALIGN_TASK_RETRIES = 3  # runs of an align task after its worker process died
+TASK_RETRIES = 3  # runs of a task after its worker process died
+ALIGN_TASK_RETRIES = TASK_RETRIES
 ACTOR_RESTARTS = 3  # restarts of an embedding actor whose process died; its batches are resent
 TASKS_PER_CPU = 2  # align tasks in flight per cluster CPU: keeps workers busy, bounds memory
 BATCHES_PER_ACTOR = 2  # batches queued per actor: the next one is decoded while one is embedded
@@ -61,17 +60,23 @@ def import_ray():
 
 # ---------------------------------------------------------------- what runs on the workers
 
-def align_on_worker(job: "AlignJob", task: tuple[str, str, str, str]) -> "FileOutcome | FacenetError":
-    """One file's outcome, in a Ray worker process. Errors that end the job (a full disk, a
-    damaged model file) come back as values: the driver raises them as one sentence, and Ray
-    does not retry them."""
-    from ..align.job import _align_one, _aligner_for
+_WORKER_FUNCTIONS: dict[str, Callable] = {}  # per worker process: the function of the map it set up for
 
+
+def run_on_worker(token: str, setup: Callable | None, function: Callable, item: Any) -> tuple[bool, Any]:
+    """One item of a map, in a Ray worker process: (True, result), or (False, error) for an
+    error that ends the map (a full disk, a damaged model file): the driver raises it as one
+    sentence, and Ray does not retry it. `setup` runs once per process and map (`token`); the
+    function deserialized then is kept, with whatever it loaded."""
     try:
-        _aligner_for(job)
-        return _align_one(task)
+        if token not in _WORKER_FUNCTIONS:
+            if setup is not None:
+                setup()
+            _WORKER_FUNCTIONS.clear()
+            _WORKER_FUNCTIONS[token] = function
+        return True, _WORKER_FUNCTIONS[token](item)
     except FacenetError as exc:
-        return _portable(exc)
+        return False, _portable(exc)
 
 
 def _portable(exc: FacenetError) -> FacenetError:
@@ -80,56 +85,27 @@ def _portable(exc: FacenetError) -> FacenetError:
     return exc if type(exc).__init__ is FacenetError.__init__ else FacenetError(str(exc))
 
 
-@dataclass(frozen=True)
-class EmbedderSpec:
-    """What an actor needs to build the driver's Embedder again: small and picklable."""
-
-    record: object  # catalogue.ModelRecord
-    device: str
-    flip: bool
-    batch_size: int
-    weights: str | None  # the driver's verified file; an actor that cannot see it resolves its own
-    precision: str
-    tta: int
-    engine: str
-
-    @classmethod
-    def of(cls, embedder: "Embedder") -> "EmbedderSpec":
-        weights = embedder.weights_path()
-        # engine "auto" picks dlib's network for tiny jobs; a pool always embeds whole batches
-        # with the network a local `represent` uses.
-        engine = "torch" if embedder.engine == "auto" else embedder.engine
-        return cls(embedder.record, embedder.requested_device, embedder.flip, embedder.batch_size,
-                   str(Path(weights).absolute()) if weights is not None else None,
-                   embedder.precision, embedder.tta, engine)
-
-    def build(self) -> "Embedder":
-        from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
-
-        weights = self.weights if self.weights and Path(self.weights).is_file() else None
-        options = PipelineOptions(model=self.record.name, device=self.device, flip=self.flip,
-                                  batch_size=self.batch_size, precision=self.precision, tta=self.tta,
-                                  engine=self.engine)
-        # The driver's record as it is (a checkpoint's may not resolve on this machine).
-        return FacePipeline.build(options, record=self.record, verify=False, weights=weights).embedder
-
-
 class EmbedActor:
-    """Holds one Embedder for its lifetime (made a Ray actor class by RayExecutor)."""
+    """Holds one pipeline's embedder for its lifetime (made a Ray actor class by RayExecutor)."""
 
-    def __init__(self, spec: EmbedderSpec):
+    def __init__(self, pipeline: "FacePipeline"):
         self.embedder, self.failure = None, None
         try:
-            self.embedder = spec.build()
+            # engine "auto" picks dlib's network for tiny jobs; a pool always embeds whole
+            # batches with the network a local `represent` uses.
+            if pipeline.options.engine == "auto":
+                pipeline = pipeline.replace(engine="torch")
+            self.embedder = pipeline.embedder
         except FacenetError as exc:  # reported by the first batch, as one sentence
             self.failure = _portable(exc)
 
-    def embed(self, aligned: str, files: list[str]) -> "EmbeddedBatch | FacenetError":
-        from ..pipeline.represent import decode_batch, embed_batch
-
+    def embed(self, function: Callable, batch: list) -> Any:
         if self.failure is not None:
             return self.failure
-        return embed_batch(decode_batch(Path(aligned), files), self.embedder)
+        try:
+            return function(self.embedder, batch)
+        except FacenetError as exc:
+            return _portable(exc)
 
 
 # ---------------------------------------------------------------- the driver
@@ -247,7 +223,8 @@ def _start_local(ray, settings: dict, fresh: bool = False) -> None:
 
 
 class RayExecutor:
-    """Runs align and represent on a Ray cluster; a context manager around the connection.
+    """The Executor protocol on a Ray cluster (executors/__init__.py); a context manager around
+    the connection.
 
         with RayExecutor(address="10.0.0.5:6379") as executor:
             align_tree(raw, out, job, executor=executor)
@@ -256,12 +233,16 @@ class RayExecutor:
     `address`: a running cluster (`ray start --head` prints it); None connects to the cluster
     Ray finds (RAY_ADDRESS, or the latest `ray start` on this machine), else starts a local one
     for the job and stops it afterwards. A driver that is already connected (ray.init called
-    before) is used as it is and left connected. `max_tasks`: align tasks in flight at most
-    (default: TASKS_PER_CPU x the cluster's CPUs); `actors`: embedding actors (default: one per
-    GPU of the cluster, else one per CPU).
+    before) is used as it is and left connected. `max_tasks` (`workers` through get_executor):
+    tasks in flight at most (default: TASKS_PER_CPU x the cluster's CPUs); `actors`: embedding
+    actors (default: one per GPU of the cluster, else one per CPU).
     """
 
-    def __init__(self, address: str | None = None, max_tasks: int | None = None, actors: int | None = None):
+    name = "ray"
+
+    def __init__(self, address: str | None = None, max_tasks: int | None = None, actors: int | None = None,
+                 workers: int | None = None):
+        max_tasks = workers if max_tasks is None else max_tasks
         if max_tasks is not None and max_tasks < 1:
             raise UsageError(f"--workers must be at least 1, not {max_tasks}.")
         if actors is not None and actors < 1:
@@ -329,35 +310,37 @@ class RayExecutor:
     def _cluster(self, resource: str) -> int:
         return int(self.connect().cluster_resources().get(resource, 0))
 
-    # --- align --------------------------------------------------------------------------
+    @property
+    def workers(self) -> int:
+        """Tasks in flight at most (connects to find the cluster's CPUs when not set)."""
+        return self.max_tasks or max(1, TASKS_PER_CPU * self._cluster("CPU"))
 
-    def align_files(self, todo: list[tuple[str, str, str, str]], job: "AlignJob",
-                    record: Callable[["FileOutcome"], None], out: Path) -> None:
-        """Align every (raw, out, rel, stem) task on the cluster, calling `record(outcome)` in
-        the driver once per file as it finishes."""
-        if not todo:
+    # --- the Executor protocol -----------------------------------------------------------
+
+    def map(self, function: Callable, items: Iterable, *, setup: Callable | None = None,
+            ordered: bool = True) -> Iterator[tuple[int, Any]]:
+        """(index, function(item)) of every item, each item a Ray task (see the protocol in
+        executors/__init__.py). Workers read and write by absolute path: give absolute paths in
+        items on a cluster of several machines."""
+        import uuid
+
+        items = list(items)
+        if not items:
             return
-        from ..atomic import remove_stale_temps
-        from ..align.job import WorkersLost, _aligner_for
-
-        # Models load and are verified here first: a damaged model file is one sentence before
-        # Ray starts or any task runs, as in a local run.
-        _aligner_for(job)
         ray = self.connect()
-        # Workers have their own working directory (and maybe machine): absolute paths only.
-        if job.fallback_dir:
-            job = replace(job, fallback_dir=os.path.abspath(job.fallback_dir))
-        todo = [(os.path.abspath(raw), os.path.abspath(dst), rel, stem) for raw, dst, rel, stem in todo]
-        remote = ray.remote(num_cpus=1, max_retries=ALIGN_TASK_RETRIES, retry_exceptions=False)(align_on_worker)
-        window = self.max_tasks or max(1, TASKS_PER_CPU * self._cluster("CPU"))
-        job_ref = ray.put(job)
-        tasks = iter(todo)
+        remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(run_on_worker)
+        window = self.workers
+        token = uuid.uuid4().hex
+        setup_ref, function_ref = ray.put(setup), ray.put(function)
+        queue = iter(enumerate(items))
         pending: dict = {}
+        finished: dict[int, Any] = {}
+        wanted = 0
 
         def submit() -> None:
-            task = next(tasks, None)
-            if task is not None:
-                pending[remote.remote(job_ref, task)] = task
+            for index, item in queue:
+                pending[remote.remote(token, setup_ref, function_ref, item)] = index
+                return
 
         try:
             for _ in range(window):
@@ -365,42 +348,48 @@ class RayExecutor:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    task = pending.pop(ref)
+                    index = pending.pop(ref)
                     try:
-                        outcome = ray.get(ref)
+                        ok, result = ray.get(ref)
                     except ray.exceptions.RayError as exc:
-                        raise WorkersLost(f"on the Ray cluster while aligning {task[2]}, more often than its "
-                                          f"{ALIGN_TASK_RETRIES} retries allow ({type(exc).__name__}),") from None
-                    if isinstance(outcome, FacenetError):
-                        raise outcome
-                    record(outcome)
+                        raise WorkersLost(f"on the Ray cluster while working on item {index + 1} of {len(items)}, "
+                                          f"more often than its {TASK_RETRIES} retries allow "
+                                          f"({type(exc).__name__}),") from None
+                    if not ok:
+                        raise result
+                    if ordered:
+                        finished[index] = result
+                    else:
+                        yield index, result
                     submit()
+                while ordered and wanted in finished:
+                    yield wanted, finished.pop(wanted)
+                    wanted += 1
         finally:
-            for ref in pending:  # Ctrl-C or a full disk: stop what is queued or running
+            for ref in pending:  # Ctrl-C, a full disk, a generator closed: stop what is queued or running
                 ray.cancel(ref)
-            # Temporary files of worker processes that died (a retried task) are stale now.
-            remove_stale_temps(out)
 
     # --- represent ----------------------------------------------------------------------
 
-    def embed_batches(self, aligned: Path, files: list[str], embedder: "Embedder") -> Iterator["EmbeddedBatch"]:
-        """The EmbeddedBatch of each run of `embedder.batch_size` files, in order, computed by an
-        actor pool that holds the network once per actor."""
-        batches = [files[i:i + embedder.batch_size] for i in range(0, len(files), embedder.batch_size)]
+    def embed_batches(self, function: Callable, batches: list[list], pipeline: "FacePipeline") -> Iterator[Any]:
+        """`function(embedder, batch)` of each batch, in order, computed by an actor pool in
+        which every actor holds `pipeline`'s embedder once (represent: decode and embed a batch
+        of crop files). The pipeline travels by pickle: its options, record and verified
+        weights file, not its loaded parts."""
         if not batches:
             return
         ray = self.connect()
-        spec = EmbedderSpec.of(embedder)
-        gpus = self._cluster("GPU") if spec.device != "cpu" and spec.precision != "int8" else 0
+        options = pipeline.options
+        gpus = self._cluster("GPU") if options.device != "cpu" and options.precision != "int8" else 0
         count = self.actors or (gpus or max(1, self._cluster("CPU")))
         count = min(count, len(batches))
         actor_class = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=ACTOR_RESTARTS,
                                  max_task_retries=ACTOR_RESTARTS)(EmbedActor)
-        actors = [actor_class.remote(spec) for _ in range(count)]
-        folder = os.path.abspath(aligned)
+        pipeline_ref, function_ref = ray.put(pipeline), ray.put(function)
+        actors = [actor_class.remote(pipeline_ref) for _ in range(count)]
         queued: dict = {}  # ref -> (batch index, actor)
         load = {index: 0 for index in range(count)}
-        finished: dict[int, "EmbeddedBatch"] = {}
+        finished: dict[int, Any] = {}
         following = 0  # the next batch to submit
         wanted = 0  # the next batch to hand to the writer
         # Batches finished ahead of a slow one wait for it in memory; this bounds how many.
@@ -412,7 +401,7 @@ class RayExecutor:
                 index = min(load, key=load.get)
                 if load[index] >= BATCHES_PER_ACTOR:
                     return
-                ref = actors[index].embed.remote(folder, batches[following])
+                ref = actors[index].embed.remote(function_ref, batches[following])
                 queued[ref] = (following, index)
                 load[index] += 1
                 following += 1
@@ -442,3 +431,6 @@ class RayExecutor:
         finally:
             for actor in actors:  # also ends the batches they still hold
                 ray.kill(actor)
+
+
+register_executor("ray", RayExecutor)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import replace
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path, PurePath
@@ -113,22 +112,19 @@ def _read(path: str, size: int, mtime_ns: int, inode: int) -> dict:
 
 
 def checkpoint_record(path: str | os.PathLike) -> "ModelRecord":
-    """The model record a checkpoint carries, its weights pointing at the checkpoint file itself
-    (with the file's SHA-256, so a later load verifies it like any other weights)."""
-    from ..models.catalogue import ModelRecord, WeightsSource
-    from ..models.hub import file_sha256
+    """The model record a checkpoint carries, as saved. Its weights are the checkpoint file
+    itself: models/hub.py (resolve_model) points them there with the file's SHA-256, so that
+    this format module never imports the hub (the hub imports it)."""
+    from ..models.catalogue import ModelRecord
 
     path = Path(path)
     checkpoint = load_checkpoint(path)
     try:
-        record = ModelRecord.from_dict(checkpoint["record"])
+        return ModelRecord.from_dict(checkpoint["record"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DataError(
             f"{path} carries a malformed model record (bad field {exc}); re-save it with `facenet train`."
         ) from None
-    source = WeightsSource(filename=path.name, sha256=file_sha256(path), path=str(path.resolve()),
-                           size=path.stat().st_size)
-    return replace(record, weights=source)
 
 
 def load_state_dict(path: str | os.PathLike, network, architecture: str) -> None:

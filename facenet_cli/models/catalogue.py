@@ -146,6 +146,19 @@ register_file(ModelFile(
     description="dlib's CNN (MMOD) face detector (--detector cnn, hog+cnn).",
 ))
 
+# MTCNN's three networks (--detector mtcnn), shipped by the `mtcnn` wheel (MIT) as joblib
+# pickles: verified against these digests before they are unpickled (facenet_cli/nets/mtcnn.py).
+MTCNN_PACKAGE = "mtcnn"
+for _net, _sha, _size in (("pnet", "ea6b0c3e685ebee3165326ad6484acc95f2ef78f1c94fbf40a55704fa989f7b5", 27119),
+                          ("rnet", "cb00e6460f3c98b0bfafaba3c0a0ded4bdf6e62cee7174d969e8670d7e757fee", 401659),
+                          ("onet", "94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3", 1557637)):
+    register_file(ModelFile(
+        name=f"mtcnn-{_net}", kind="detector",
+        weights=WeightsSource(filename=f"{_net}.lz4", sha256=_sha, package=MTCNN_PACKAGE, size=_size),
+        description=f"MTCNN's {_net[0].upper()}-net (--detector mtcnn), from the mtcnn 1.0.0 wheel.",
+    ))
+del _net, _sha, _size
+
 from ..choices import DEFAULT_MODEL  # noqa: E402 (one home, light enough for the CLI's --help)
 
 # Operating points of dlib-resnet.v1 beyond the pair threshold: identification (the unknown
@@ -172,6 +185,21 @@ DLIB_IDENTIFY_POINTS: dict[str, Any] = {
     "embeddings": ("dlib-resnet.v1 --flip, View 2 pipeline (align --faces center-only --detector hog+cnn "
                    "--fallback center)"),
     "command": "python benchmarks/identify_lfw.py --calibrate",
+    # The stranger cohort that sets the gate per gallery (recognition/calibration.py); the curve
+    # above is then the fallback. The file ships in facenet_cli/models/cohorts/, checked against
+    # this SHA-256 before it is read.
+    "cohort": {
+        "filename": "dlib-resnet.v1-strangers.npy",
+        "sha256": "b88ac0b1a29b67234f97e03d1c098a7602679d06cc6277efee374607410abb76",
+        "size": 696192,
+        "faces": 2719,
+        "flip": True,
+        "people": ("LFW: every second person with fewer than 6 images, sorted by name (2,719 people, their first "
+                   "image); no gallery or stranger of benchmarks/gallery_calibration.py is among them"),
+        "embeddings": ("dlib-resnet.v1 --flip, View 2 pipeline (align --faces center-only --detector hog+cnn "
+                       "--fallback center), stored as float16"),
+        "command": "python benchmarks/gallery_calibration.py --make-cohort",
+    },
 }
 DLIB_CLUSTER_POINTS: dict[str, Any] = {
     # `facenet cluster`: average linkage over each face's 32 nearest neighbours, merging while the

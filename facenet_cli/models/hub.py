@@ -434,7 +434,10 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelRecord:
         get_record(text)  # raises UnknownModel listing the catalogue
     from ..formats.checkpoints import checkpoint_record
 
-    return checkpoint_record(path)
+    record = checkpoint_record(path)  # read first: a file that is no checkpoint is refused before hashing
+    source = WeightsSource(filename=path.name, sha256=file_sha256(path), path=str(path.resolve()),
+                           size=path.stat().st_size)
+    return replace(record, weights=source)
 
 
 def with_weights(record: ModelRecord, weights: WeightsSource, name: str | None = None) -> ModelRecord:

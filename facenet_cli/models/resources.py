@@ -24,6 +24,8 @@ SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 SHAPE_PREDICTOR_5 = "shape_predictor_5_face_landmarks.dat"
 CNN_FACE_DETECTOR = "mmod_human_face_detector.dat"
 DLIB_RESNET = "dlib_face_recognition_resnet_model_v1.dat"
+# MTCNN's networks, from the `mtcnn` wheel (verified and located the same way as dlib's files).
+MTCNN_PNET, MTCNN_RNET, MTCNN_ONET = "pnet.lz4", "rnet.lz4", "onet.lz4"
 
 
 def dlib_model_path(filename: str) -> Path:
@@ -55,5 +57,5 @@ def verify_align_models(spec: "AlignSpec", detector: str = "hog") -> list[Path]:
     return [dlib_model_path(name) for name in align_model_files(spec, detector)]
 
 
-__all__ = ["CNN_FACE_DETECTOR", "DLIB_RESNET", "SHAPE_PREDICTOR_5", "SHAPE_PREDICTOR_68", "align_model_files",
+__all__ = ["CNN_FACE_DETECTOR", "DLIB_RESNET", "MTCNN_ONET", "MTCNN_PNET", "MTCNN_RNET", "SHAPE_PREDICTOR_5", "SHAPE_PREDICTOR_68", "align_model_files",
            "dlib_model_path", "landmarks_file", "verify_align_models"]

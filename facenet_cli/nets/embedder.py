@@ -3,10 +3,11 @@
 `Embedder` loads a model's network once and runs batches through it; `squared_distances`
 compares the results the way the models' thresholds are stated (squared L2 on the sphere).
 
-Speed levers, each measured by a benchmark (see docs/readme-parts/speed.md):
+Speed levers, each measured by a benchmark (see docs/SPEED.md):
 
 * `precision`: fp32 (the reference), bf16 (autocast through oneDNN or CUDA; fast only where the
-  hardware has bf16 units) or int8 (static quantisation of dlib's ResNet, CPU only).
+  hardware has bf16 units), int8 (static quantisation of dlib's ResNet, CPU only) or auto (one of
+  those, chosen from the CPU's flags and measured tables: nets/precision.py; the pipeline's default).
 * `tta`: test-time augmentation, the average over each crop and `tta` jittered copies of it
   (dlib-style small shifts, zooms and rotations, the same fixed set for every face).
 * `engine="auto"`: a job of a few faces (`facenet compare`) on the CPU runs dlib's own C++ copy
@@ -29,7 +30,7 @@ from ..errors import SpecMismatch, UsageError
 if TYPE_CHECKING:
     import torch
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")  # what a network runs in; "auto" picks one (nets/precision.py)
 ENGINES = ("auto", "torch", "dlib")
 # Forward passes up to which engine="auto" uses dlib's C++ network: at ~75 ms a face it beats
 # importing torch (1.6-1.9 s) up to about 20 faces; 8 leaves room for a loaded machine.
@@ -76,6 +77,21 @@ def pick_device(device: str) -> "torch.device":
     return torch.device(device)
 
 
+def auto_precision(record: ModelRecord, device: str) -> str:
+    """What precision="auto" runs `record` in on `device` (auto, cpu or cuda): nets/precision.py's
+    choice for this CPU, fp32 on a GPU. Torch is imported only where an NVIDIA driver is present."""
+    from .precision import choose_precision
+
+    on_gpu = device == "cuda" or (device == "auto" and cuda_driver_present() and _torch_sees_cuda())
+    return choose_precision(record, "cuda" if on_gpu else "cpu")
+
+
+def _torch_sees_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def jitter_matrices(count: int, size: int) -> np.ndarray:
     """(count, 2, 3) affine maps from output pixel to source pixel for `count` dlib-style jitters
     of a size x size chip (for cv2.warpAffine with WARP_INVERSE_MAP)."""
@@ -107,7 +123,8 @@ class Embedder:
 
     `flip=True` also embeds each crop's mirror image and averages the two; `tta=N` averages N
     jittered copies in too (with flip, their mirrors as well): (1 + N) x (2 if flip) passes per
-    face. `precision`: fp32, bf16 or int8 (see the module doc). `engine`: torch (load the
+    face. `precision`: fp32, bf16, int8 or auto (see the module doc; `precision` then holds the
+    one chosen, `requested_precision` "auto"; dlib's engine, when it runs, is fp32). `engine`: torch (load the
     network now), dlib (dlib's C++ network; dlib-resnet models, CPU, fp32) or auto (decide at
     the first `embed` call: dlib's for a handful of faces, torch otherwise).
     """
@@ -119,13 +136,16 @@ class Embedder:
             raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
         if device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"--device must be auto, cpu or cuda, not {device!r}.")
-        if precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+        if precision not in (*PRECISIONS, "auto"):
+            raise UsageError(f"--precision must be auto or one of {', '.join(PRECISIONS)}, not {precision!r}.")
         if tta < 0:
             raise UsageError(f"--tta must be 0 or more jittered copies, not {tta}.")
         if engine not in ENGINES:
             raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}.")
         is_dlib = record.architecture == "dlib-resnet"
+        self.requested_precision = precision
+        if precision == "auto":
+            precision = "fp32" if engine == "dlib" else auto_precision(record, device)
         if precision == "int8" and not is_dlib:
             raise UsageError(f"--precision int8 is available for dlib-resnet models, not {record.name!r} "
                              f"({record.architecture}); use fp32 or bf16.")
@@ -149,7 +169,9 @@ class Embedder:
         self._device = None
         self._jitters = jitter_matrices(tta, self.size) if tta else None
         # dlib's engine only where it gives the same numbers for sure: its own ResNet, fp32, CPU.
-        self._dlib_allowed = (is_dlib and precision == "fp32" and engine in ("auto", "dlib")
+        # Under auto a handful of faces still goes to dlib's fp32 network: no torch import is faster.
+        self._dlib_allowed = (is_dlib and (precision == "fp32" or self.requested_precision == "auto")
+                              and engine in ("auto", "dlib")
                               and (device == "cpu" or (device == "auto" and not cuda_driver_present())))
         self.engine = engine
         if engine == "torch":
@@ -258,6 +280,7 @@ class Embedder:
         if faces * self.passes_per_face > SMALL_JOB_PASSES:
             return False
         self._load_dlib()
+        self.precision = "fp32"  # what dlib's network runs in (auto may have chosen another for torch)
         return True
 
     def embed(self, images: Sequence[np.ndarray], raw: bool = False) -> np.ndarray:

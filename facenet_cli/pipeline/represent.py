@@ -25,8 +25,11 @@ from ..images import read_rgb
 from ..formats.reps import LABELS, META, REPS_CSV, REPS_NPY, RepsWriter, person_of
 
 if TYPE_CHECKING:
-    from ..nets.embedder import Embedder
     from ..align.job import AlignJob, AlignReport
+    from ..executors import Executor
+    from ..nets.embedder import Embedder
+    from ..pipeline.face_pipeline import FacePipeline
+    from ..progress import Progress
 
 OUTCOMES = ("embedded", "unreadable", "wrong-size", "bad-name")
 
@@ -250,31 +253,40 @@ def embeds_in_workers(embedder: "Embedder", workers: int) -> bool:
             and "fork" in get_all_start_methods())
 
 
-def represent_photos(raw: str | Path, out: str | Path, embedder: "Embedder", job: "AlignJob", workers: int = 1,
-                     executor=None, on_align_start: Callable[[int], None] | None = None,
-                     on_align_outcome: Callable | None = None, on_start: Callable[[int], None] | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> tuple["AlignReport", RepresentReport]:
+def represent_photos(raw: str | Path, out: str | Path, embedder: "Embedder | FacePipeline", job: "AlignJob",
+                     workers: int | None = None, executor: "Executor | None" = None,
+                     on_align_outcome: Callable | None = None,
+                     progress: "Progress | None" = None) -> tuple["AlignReport", RepresentReport]:
     """Raw photos to embeddings (`facenet represent RAW OUT --photos`): align RAW into
     OUT/aligned (the same folder, report and resume rules as `facenet align`), then write OUT's
     representation files from every crop there. Locally the crops are embedded while the
     alignment goes on (CropsEmbedder), so the rows equal `represent_tree` of the aligned folder
-    within float rounding; on an executor (Ray) the two stages run one after the other. With a
-    worker per core (CPU) the workers embed their own crops instead (WorkerEmbedding)."""
+    within float rounding; on another executor (Ray) the two stages run one after the other.
+    With a worker per core (CPU) the workers embed their own crops instead (WorkerEmbedding).
+    `workers`: local align processes (default 1) when no `executor` is given. `progress`:
+    two stages, "Aligning" (entries) and "Embedding" (images)."""
     from dataclasses import replace
 
     from ..align.job import align_tree
+    from ..executors import get_executor
+    from ..progress import progress_or_none
 
+    progress = progress_or_none(progress)
+    embedder = _embedder_of(embedder)
     out = Path(out)
     aligned = out / "aligned"
     started = time.perf_counter()
+    if executor is None:
+        executor = get_executor("local", 1 if workers is None else workers)
+    workers = executor.workers if executor.name == "local" else 0
 
     def outcome_seen(outcome) -> None:
         if on_align_outcome:
             on_align_outcome(outcome)
 
-    if executor is not None:
-        align_report = align_tree(raw, aligned, job, workers, on_outcome=outcome_seen, on_start=on_align_start,
-                                  executor=executor)
+    progress.stage("Aligning", None)
+    if executor.name != "local":
+        align_report = align_tree(raw, aligned, job, on_outcome=outcome_seen, executor=executor, progress=progress)
         known = None
     elif embeds_in_workers(embedder, workers):
         known = {}
@@ -284,36 +296,66 @@ def represent_photos(raw: str | Path, out: str | Path, embedder: "Embedder", job
             outcome.vectors = []
             outcome_seen(outcome)
 
-        align_report = align_tree(raw, aligned, replace(job, hand_over_crops=True), workers, on_outcome=collect,
-                                  on_start=on_align_start, finish_in_worker=WorkerEmbedding(embedder))
+        align_report = align_tree(raw, aligned, replace(job, hand_over_crops=True), on_outcome=collect,
+                                  executor=executor, finish_in_worker=WorkerEmbedding(embedder), progress=progress)
     else:
         with CropsEmbedder(embedder, workers) as crops:
             def take(outcome) -> None:
                 crops.take(outcome)
                 outcome_seen(outcome)
 
-            align_report = align_tree(raw, aligned, replace(job, hand_over_crops=True), workers,
-                                      on_outcome=take, on_start=on_align_start)
+            align_report = align_tree(raw, aligned, replace(job, hand_over_crops=True), on_outcome=take,
+                                      executor=executor, progress=progress)
         known = crops.vectors
-    report = represent_tree(aligned, out, embedder, on_start=on_start, on_batch=on_batch, executor=executor,
-                            known=known)
+    report = represent_tree(aligned, out, embedder, executor=executor if executor.name != "local" else None,
+                            known=known, progress=_StageAs("Embedding", progress))
     report.seconds = time.perf_counter() - started  # most embedding happened while aligning
     return align_report, report
 
 
-def represent_tree(aligned: str | Path, out: str | Path, embedder: "Embedder",
-                   on_start: Callable[[int], None] | None = None,
-                   on_batch: Callable[[int], None] | None = None, executor=None,
-                   known: dict[str, np.ndarray] | None = None) -> RepresentReport:
+class _StageAs:
+    """A one-stage job's progress as a named stage of a longer job's (its start opens the stage)."""
+
+    def __init__(self, name: str, progress: "Progress"):
+        self.name, self.progress = name, progress
+
+    def start(self, total: int | None) -> None:
+        self.progress.stage(self.name, total)
+
+    def advance(self, count: int = 1) -> None:
+        self.progress.advance(count)
+
+    def stage(self, name: str, total: int | None) -> None:
+        self.progress.stage(name, total)
+
+
+def _embedder_of(embedder: "Embedder | FacePipeline") -> "Embedder":
+    return embedder.embedder if hasattr(embedder, "aligner_with") else embedder
+
+
+def embed_files(aligned: str, embedder: "Embedder", files: list[str]) -> EmbeddedBatch:
+    """Decode and embed one batch of crop files of ALIGNED (the work of a Ray actor)."""
+    return embed_batch(decode_batch(Path(aligned), files), embedder)
+
+
+def represent_tree(aligned: str | Path, out: str | Path, embedder: "Embedder | FacePipeline",
+                   executor: "Executor | None" = None, known: dict[str, np.ndarray] | None = None,
+                   progress: "Progress | None" = None) -> RepresentReport:
     """Embed every aligned image under ALIGNED into OUT's labels.csv, reps.csv, reps.npy and
     meta.json. Per-image problems are outcomes in the report; the run fails (DataError) only
-    when no image at all could be embedded.
+    when no image at all could be embedded. `embedder`: an Embedder or a FacePipeline.
 
-    `executor`: None to embed here with `embedder`, or an object whose
-    `embed_batches(aligned, files, embedder)` yields the EmbeddedBatch of each batch of
-    `embedder.batch_size` files, in order, computed elsewhere (ray_executor.RayExecutor: an
-    actor pool). Either way the rows are written here, in the listing's order. `known`: vectors
-    already computed from the crops themselves (represent_photos), by name in ALIGNED."""
+    `executor`: None (or one without an actor pool) to embed here, or one that offers
+    `embed_batches` (executors.EmbedsBatches: Ray's actor pool) to embed each batch of
+    `batch_size` files elsewhere. Either way the rows are written here, in the listing's order.
+    `known`: vectors already computed from the crops themselves (represent_photos), by name in
+    ALIGNED. `progress`: started with the number of images, advanced per batch."""
+    from ..executors import EmbedsBatches
+    from ..progress import progress_or_none
+
+    progress = progress_or_none(progress)
+    pipeline = embedder if hasattr(embedder, "aligner_with") else None
+    embedder = _embedder_of(embedder)
     aligned, out = Path(aligned), Path(out)
     if not aligned.is_dir():
         raise UsageError(f"The aligned folder {aligned} does not exist; run `facenet align` first.")
@@ -324,23 +366,32 @@ def represent_tree(aligned: str | Path, out: str | Path, embedder: "Embedder",
         raise UsageError(f"{aligned} holds no images; run `facenet align RAW {aligned}` first.")
     record = embedder.record
     folder.check_for(record)
-    if on_start:
-        on_start(len(files) + len(problems))
-    if on_batch and problems:
-        on_batch(len(problems))
+    progress.start(len(files) + len(problems))
+    if problems:
+        progress.advance(len(problems))
     started = time.perf_counter()
     meta = {"model": record.to_dict(), "aligned": str(aligned.resolve()), "flip": embedder.flip, "normalised": True,
             "precision": embedder.precision, "tta": embedder.tta}
     with RepsWriter(out, max(len(files), 1), record.embedding_dim, meta) as writer:
-        batches = (_local_batches(aligned, files, embedder, known) if executor is None
-                   else executor.embed_batches(aligned, files, embedder))
+        if isinstance(executor, EmbedsBatches):
+            from functools import partial
+
+            from ..pipeline.face_pipeline import FacePipeline
+
+            size = embedder.batch_size
+            # The actors run the precision this process resolved (auto: for its CPU), the one meta.json records.
+            batches = executor.embed_batches(partial(embed_files, os.path.abspath(aligned)),
+                                             [files[i:i + size] for i in range(0, len(files), size)],
+                                             pipeline.replace(precision=embedder.precision) if pipeline
+                                             else FacePipeline.of_embedder(embedder))
+        else:
+            batches = _local_batches(aligned, files, embedder, known)
         for batch in batches:
             problems.extend(batch.problems)
             for rel, vector in zip(batch.files, batch.vectors):
                 path = str(aligned / rel)
                 writer.add(path, person_of(path), vector)
-            if on_batch:
-                on_batch(batch.size)
+            progress.advance(batch.size)
         if writer.rows == 0:
             shown = "; ".join(f"{printable_name(p)}: {r}" for p, _, r in problems[:3])
             raise DataError(f"None of the {len(problems)} images in {aligned} could be embedded ({shown}), "

@@ -5,19 +5,19 @@ Every photo ends with its faces or a problem (unreadable, no face, several faces
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import BadImage, MultipleFaces, NoFace
+from ..errors import NothingFound
 
 if TYPE_CHECKING:
-    from ..align.aligner import FaceAligner
     from ..detect import FaceBox
-    from ..nets.embedder import Embedder
+    from ..executors import Executor
+    from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
+    from ..progress import Progress
 
 
 @dataclass
@@ -56,111 +56,25 @@ class Comparison:
         }
 
 
-def find_faces(paths: list[str | Path], aligner: "FaceAligner", embedder: "Embedder",
-               fallback_dir: str | Path | None = None,
-               workers: int | None = None) -> tuple[list[Face], dict[str, str]]:
-    """Every face of every photo, embedded; photos without a face or unreadable go to problems.
-
-    `fallback_dir`: a photo without a face is aligned from the same relative path in this
-    folder instead (an absolute path: the same file name), as `facenet align --fallback-dir`.
-    `workers`: processes aligning photos at the same time (default: one per CPU, at most one per
-    photo); the faces and embeddings are the same whatever the number.
-    """
+def find_faces(paths: list[str | Path], pipeline: "FacePipeline", *, workers: int | None = None,
+               executor: "Executor | None" = None,
+               progress: "Progress | None" = None) -> tuple[list[Face], dict[str, str]]:
+    """Every face of every photo, embedded (FacePipeline.iter_photos); photos without a face or
+    unreadable go to problems. The options' fallback folder stands in for a photo without a face
+    (as `facenet align --fallback-dir`). `workers`/`executor`: where faces are found (default:
+    one process per CPU); the faces and embeddings are the same whatever the number."""
     faces: list[Face] = []
     problems: dict[str, str] = {}
-    crops, owners = [], []
     names = display_names(paths)
-    for path, name, found in zip(paths, names, align_photos(paths, aligner, fallback_dir, workers)):
-        if isinstance(found, str):
-            problems[name] = found
+    found = pipeline.iter_photos(paths, workers, embed=True, executor=executor, progress=progress)
+    for path, name, photo in zip(paths, names, found):
+        if photo.problem is not None:
+            problems[name] = photo.problem
             continue
-        for index, face in enumerate(found):
-            label = name if len(found) == 1 else f"{name}#{index}"
-            owners.append((label, str(path), face.box, face.fallback))
-            crops.append(face.image)
-    vectors = embedder.embed(crops)
-    for (label, name, box, fallback), vector in zip(owners, vectors):
-        faces.append(Face(label, name, box, vector, fallback))
+        for index, (face, vector) in enumerate(zip(photo.faces, photo.embeddings)):
+            label = name if len(photo.faces) == 1 else f"{name}#{index}"
+            faces.append(Face(label, str(path), face.box, vector, face.fallback))
     return faces, problems
-
-
-def align_photo(path: str | Path, aligner: "FaceAligner", fallback_dir: str | Path | None = None):
-    """The aligned faces of one photo, or why it has none (a sentence)."""
-    try:
-        # align_file: align(read_rgb(path)), but a big JPEG's first pass searches a reduced decode.
-        return aligner.align_file(path)
-    except BadImage as exc:
-        return exc.reason
-    except MultipleFaces as exc:
-        return f"{exc} (--faces skip-multi)"
-    except NoFace:
-        found = _from_fallback_dir(Path(path), fallback_dir, aligner) if fallback_dir else []
-        return found or "no face found"
-
-
-def align_photos(paths: list[str | Path], aligner: "FaceAligner", fallback_dir: str | Path | None = None,
-                 workers: int | None = None) -> list:
-    """`align_photo` of every path, in order. With several photos and CPUs, forked processes
-    that share the loaded models align every n-th photo while this one aligns its own share:
-    detection is most of `facenet compare`'s time and holds the GIL."""
-    import multiprocessing
-
-    workers = min(len(paths), _cpus() if workers is None else workers)
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [align_photo(p, aligner, fallback_dir) for p in paths]
-    from concurrent.futures import ProcessPoolExecutor
-
-    shares = [list(range(i, len(paths), workers)) for i in range(workers)]
-    results: list = [None] * len(paths)
-    # fork: the children share the loaded detector and landmark model; they run dlib and
-    # OpenCV only (never torch), so forking is safe whatever the parent imported.
-    pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_adopt_aligner, initargs=(aligner, os.getpid()))
-    try:
-        futures = [(share, pool.submit(_align_share, [paths[i] for i in share], fallback_dir))
-                   for share in shares[1:]]
-        for i in shares[0]:
-            results[i] = align_photo(paths[i], aligner, fallback_dir)
-        for share, future in futures:
-            try:
-                found = future.result()
-            except Exception:  # a child that died or a result that did not travel: align here
-                found = [align_photo(paths[i], aligner, fallback_dir) for i in share]
-            for i, one in zip(share, found):
-                results[i] = one
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    return results
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-_forked_aligner: "FaceAligner | None" = None  # set in a forked child only
-
-
-def _adopt_aligner(aligner: "FaceAligner", parent_pid: int) -> None:
-    import signal
-
-    from ..align.job import die_with_parent
-
-    global _forked_aligner
-    die_with_parent(parent_pid)  # no orphan when the parent is killed
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _forked_aligner = aligner
-
-
-def _align_share(paths: list, fallback_dir) -> list:
-    return [align_photo(p, _forked_aligner, fallback_dir) for p in paths]
-
-
-def _from_fallback_dir(path: Path, fallback_dir: str | Path, aligner: "FaceAligner") -> list:
-    """The faces of the same photo under `fallback_dir` (a relative path as given, an absolute one by name)."""
-    return aligner.align_stand_in(Path(fallback_dir) / (path.name if path.is_absolute() else path))
 
 
 def display_names(paths: list[str | Path]) -> list[str]:
@@ -169,13 +83,31 @@ def display_names(paths: list[str | Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
-def compare_photos(paths: list[str | Path], aligner: "FaceAligner", embedder: "Embedder",
-                   fallback_dir: str | Path | None = None, workers: int | None = None) -> Comparison:
+def compare_photos(paths: list[str | Path], pipeline: "FacePipeline | PipelineOptions | None" = None, *,
+                   workers: int | None = None, executor: "Executor | None" = None,
+                   progress: "Progress | None" = None) -> Comparison:
     """Every face of `paths` against every other: squared L2 distances and same/different verdicts
-    at the model's threshold. `workers`: see `find_faces`."""
+    at the model's threshold. `pipeline`: a built FacePipeline or the options to build one (every
+    face of a photo: faces "all" unless set); `workers`, `executor`: see `find_faces`. Photos
+    without a face are in `problems`; `check_faces` says when too few faces were found."""
     from ..nets.embedder import squared_distances
+    from ..pipeline.face_pipeline import as_pipeline
 
-    faces, problems = find_faces(paths, aligner, embedder, fallback_dir, workers)
-    matrix = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, embedder.dim), np.float32)
-    return Comparison(faces, squared_distances(matrix, matrix), embedder.record.threshold,
-                      embedder.record.name, problems)
+    pipeline = as_pipeline(pipeline)
+    faces, problems = find_faces(paths, pipeline, workers=workers, executor=executor, progress=progress)
+    matrix = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, pipeline.record.embedding_dim),
+                                                                            np.float32)
+    record = pipeline.record
+    return Comparison(faces, squared_distances(matrix, matrix), record.threshold, record.name, problems)
+
+
+def check_faces(result: Comparison) -> None:
+    """NothingFound (exit 3) when no photo held a face, DataError when only one face was found:
+    there is no pair to compare."""
+    from ..errors import DataError
+
+    if not result.faces:
+        raise NothingFound(f"No face was found in any of the {len(result.problems)} photos, so there is nothing to "
+                           "compare; give photos with faces (or sharper, larger ones).")
+    if len(result.faces) < 2:
+        raise DataError("compare needs at least two faces and found 1; give two or more photos with faces.")

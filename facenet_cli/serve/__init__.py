@@ -33,7 +33,7 @@ def page_url(host: str, port: int, token: str | None) -> str:
 def run_server(gallery: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
                token: str | None = None, far: float | None = None, detect_width: int = 320,
                enrol_frames: int = 10, workers: int = 1, device: str = "auto",
-               allowed_hosts: tuple[str, ...] = (),
+               detector: str | None = None, min_face: int | None = None, allowed_hosts: tuple[str, ...] = (),
                on_ready: Callable[..., None] | None = None) -> None:
     """Load the models once, then serve until interrupted. A token is required when bound to
     another address than loopback (the caller generates one). `on_ready(url, csrf)` gets the
@@ -44,8 +44,9 @@ def run_server(gallery: str | os.PathLike, *, host: str = "127.0.0.1", port: int
     import uvicorn
 
     from ..errors import UsageError
-    from .app import ServeConfig, check_allowed_host, create_app, is_loopback
+    from .app import ServeConfig, create_app
     from .engine import Engine
+    from .hosts import check_allowed_host, is_loopback
 
     if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,200}", token):
         raise UsageError("--token must be 8 to 200 letters, digits or . _ ~ - (it travels in the URL).")
@@ -55,8 +56,8 @@ def run_server(gallery: str | os.PathLike, *, host: str = "127.0.0.1", port: int
         raise UsageError(f"--far is a share of strangers between 0 and 1 (e.g. 0.01 for 1 %), not {far}.")
     allowed_hosts = tuple(check_allowed_host(name) for name in allowed_hosts)
     _limit_threads(workers)
-    engine = Engine(Path(gallery), model=model, device=device, far=far, detect_width=detect_width,
-                    enrol_frames=enrol_frames)
+    engine = Engine(gallery, model=model, device=device, far=far, detect_width=detect_width,
+                    enrol_frames=enrol_frames, detector=detector, min_face=min_face)
     # Bind first, so that a port in use is one sentence and the URL printed is the real one.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -5,12 +5,13 @@ WebSocket `/ws` protocol (one socket per browser tab):
   socket: a frame that arrives while the previous one waits is replaced (counted in `dropped`),
   never queued, so answers never lag behind the camera. Frames are numbered 1, 2, ... in the
   order received; `frame_id` in an answer is that number.
-- client -> server, text: JSON `{"type": "enrol", "name": "Ada", "count": 10}` (the next frames
-  with exactly one clear face are enrolled) or `{"type": "cancel"}`.
+- client -> server, text: JSON `{"type": "enrol", "name": "Ada", "count": 10, "track": 7}` (clear
+  frames of the face of track 7, or without `track` of the face alone in view, are enrolled; a
+  face the gallery names as someone else is refused: serve/enrolling.py) or `{"type": "cancel"}`.
 - server -> client, text: JSON `{"type": "hello", ...}` once, then `{"type": "faces", "frame_id",
   "faces": [{"box", "name" (a person or "unknown"), "label" (the name once the face is stable,
   else null), "distance", "far", "stable", "track", "map"}], "fps", "latency_ms", "dropped",
-  "enrol"}` per processed frame, and `{"type": "error", "message"}` for a refused command.
+  "enrol", "threshold", "smallest_face_px"}` per processed frame, and `{"type": "error", "message"}` for a refused command.
 - A frame over the size limit closes that socket with code 1009, a payload that is no image or
   a malformed command (see `Command`: JSON checked against a schema) with 1007; other sockets and
   the server go on.
@@ -28,11 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import html
-import ipaddress
 import json
 import re
 import secrets
-import socket as socketlib
 import time
 from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAda
 from ..errors import FacenetError, UsageError
 from .engine import (MAX_FRAME_BYTES, MAX_UPLOAD_BYTES, DuplicateImage, Engine, ImageRefused, NotFound,
                      SocketState, looks_like_image)
+from .hosts import HostPolicy
 
 STATIC = Path(__file__).with_name("static")
 TOKEN_COOKIE = "facenet_token"
@@ -86,116 +86,6 @@ class ServeConfig:
     # Proof of a same-origin request on every POST and DELETE; new per process (a restart
     # invalidates the pages of the previous one, which then reload).
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host in ("localhost",):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-_NETLOC = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?")
-
-
-def split_netloc(value: str) -> tuple[str, int | None] | None:
-    """`host[:port]` (as in a Host header or an origin) to (lower-case host without brackets,
-    port or None); None when it is not that shape."""
-    match = _NETLOC.fullmatch(value)
-    if not match or (match.group(2) and int(match.group(2)) > 65535):
-        return None
-    host = match.group(1).lower()
-    if host.startswith("["):
-        host = host[1:-1]
-        if not _is_ip(host):
-            return None
-    return host, (int(match.group(2)) if match.group(2) else None)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-def _shown(host: str, port: int | None) -> str:
-    name = f"[{host}]" if ":" in host else host
-    return name if port is None else f"{name}:{port}"
-
-
-def check_allowed_host(value: str) -> str:
-    """An `--allowed-host` value: a host name or IP address, optionally with :PORT."""
-    if split_netloc(value.strip()) is None or value.strip().strip("[]") in ("", "0.0.0.0", "::"):
-        raise UsageError(f"--allowed-host takes a host name or address with an optional :PORT "
-                         f"(e.g. faces.example.org), not {value!r}.")
-    return value.strip()
-
-
-class HostPolicy:
-    """Which `Host` headers (and origins) name this server.
-
-    Bound to loopback: 127.0.0.1, localhost, [::1] (and the address bound). Bound to one other
-    address: that address. Bound to every address (0.0.0.0, ::): loopback, this machine's names,
-    and any IP literal (a DNS rebinding attack needs a name of the attacker's, never an IP
-    literal). The port must be the bound one. `--allowed-host` adds names, with any port unless
-    it names one.
-    """
-
-    def __init__(self, host: str, port: int | None, allowed: tuple[str, ...] = ()):
-        bound = host.strip("[]").lower()
-        loopback = {"127.0.0.1", "localhost", "::1"}
-        self.any_ip = bound in ("0.0.0.0", "::", "")
-        if is_loopback(bound):
-            self.names = loopback | {bound}  # 127.0.0.2 and the like: its own address too
-        elif self.any_ip:
-            self.names = loopback | {socketlib.gethostname().lower(), socketlib.getfqdn().lower()}
-        else:
-            self.names = {bound}
-        self.port = port
-        self.extra: set[tuple[str, int | None]] = set()
-        for value in allowed:
-            parsed = split_netloc(check_allowed_host(value))
-            self.extra.add(parsed)
-
-    def allows(self, netloc: str) -> bool:
-        parsed = split_netloc(netloc)
-        if parsed is None:
-            return False
-        host, port = parsed
-        if (host, port) in self.extra or (host, None) in self.extra:
-            return True
-        if host in self.names or (self.any_ip and _is_ip(host)):
-            # Browsers leave the port out when it is the scheme's default.
-            return self.port is None or port == self.port or (port is None and self.port == 80)
-        return False
-
-    def allows_origin(self, origin: str, host_header: str) -> bool:
-        """Whether `Origin` is the server's own: the very host and port the request was sent to,
-        or an --allowed-host (a reverse proxy that rewrites Host)."""
-        match = re.fullmatch(r"(https?)://([^/?#@\s]+)", origin)
-        if not match:
-            return False  # "null" (a sandboxed or file: page), another scheme, or junk
-        default = 80 if match.group(1) == "http" else 443
-        theirs, ours = split_netloc(match.group(2)), split_netloc(host_header)
-        if theirs is None:
-            return False
-        theirs = (theirs[0], theirs[1] or default)
-        if ours is not None and theirs == (ours[0], ours[1] or default):
-            return True
-        return theirs in self.extra or (theirs[0], None) in self.extra
-
-    def described(self) -> str:
-        names = sorted(self.names, key=lambda n: (n != "127.0.0.1", n != "localhost", n))
-        shown = [_shown(n, self.port) for n in names] + [_shown(h, p) for h, p in sorted(self.extra, key=str)]
-        if self.any_ip:
-            shown.append("this machine's IP addresses")
-        return ", ".join(shown[:-1]) + (" or " if len(shown) > 1 else "") + shown[-1]
 
 
 # ------------------------------------------------------------------ ASGI guards
@@ -353,12 +243,13 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
         yield
         executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="facenet serve", version="1", lifespan=lifespan,
+    # /docs: a page of our own (static/docs.html) from /openapi.json; FastAPI's loads Swagger UI from a CDN.
+    app = FastAPI(title="facenet serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Live face recognition on a gallery, and the same as plain HTTP for scripts. "
                   "Names come from the gallery behind the unknown gate of `facenet identify`.")
     app.add_middleware(Guard, token=config.token, max_body=config.max_upload_bytes,
                        hosts=HostPolicy(config.host, config.port, config.allowed_hosts), csrf=config.csrf)
-    # Documents the header in /docs (its Authorize button sends it); Guard does the checking.
+    # Documents the header in /openapi.json (and so in /docs); Guard does the checking.
     csrf_header = [Depends(APIKeyHeader(name=CSRF_HEADER, auto_error=False,
                                         description="The value of GET /api/csrf (new per server process)."))]
 
@@ -412,6 +303,16 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs():
+        return Response((STATIC / "docs.html").read_bytes(), media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": PAGE_POLICY})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response((STATIC / "favicon.svg").read_bytes(), media_type="image/svg+xml",
+                        headers={"Cache-Control": "max-age=86400"})
+
     @app.post("/api/identify", summary="Name every face in a photo", dependencies=csrf_header)
     async def identify_photo(image: UploadFile = File(..., description="A JPEG or PNG photo."),
                              reveal: bool = Query(False, description="Also name the nearest person (best_match, "
@@ -444,6 +345,13 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     @app.delete("/api/gallery/faces/{face_id}", summary="Remove one face", dependencies=csrf_header)
     async def remove_face(face_id: str):
         return await call(engine.remove_face, parse_face_id(face_id))
+
+    @app.post("/api/gallery/people/{name}/rename", summary="Rename a person (or merge them into another)",
+              dependencies=csrf_header)
+    async def rename_person(name: str, new_name: str = Form(..., description="Their new name; an existing "
+                                                             "person's to merge the two.")):
+        """Every face of the person at once, in one transaction: recognition never sees them half moved."""
+        return await call(engine.rename_person, name, new_name)
 
     @app.post("/api/gallery/faces/{face_id}/move", summary="Give a face to another person", dependencies=csrf_header)
     async def move_face(face_id: str, name: str = Form(..., description="The person it belongs to.")):
@@ -481,6 +389,7 @@ class EnrolCommand(BaseModel):
     type: Literal["enrol"]
     name: StrictStr = Field(max_length=1000)
     count: Optional[StrictInt] = Field(None, ge=1, le=100)
+    track: Optional[StrictInt] = Field(None, ge=1, le=2**53)  # the face clicked (its `track` in an answer)
 
 
 class CancelCommand(BaseModel):
@@ -591,14 +500,13 @@ async def live_socket(socket: WebSocket, engine: Engine, config: ServeConfig, ru
                 break
             if isinstance(command, EnrolCommand):
                 try:
-                    status = engine.start_enrolling(state, command.name, command.count)
+                    status = engine.start_enrolling(state, command.name, command.count, command.track)
                 except UsageError as exc:  # a name the gallery refuses: the socket goes on
                     await send({"type": "error", "message": str(exc)})
                 else:
                     await send({"type": "enrol", **status})
             else:
-                state.enrolling = None
-                await send({"type": "enrol", "name": None, "added": 0, "wanted": 0, "done": True})
+                await send({"type": "enrol", **engine.cancel_enrolling(state)})
     except (WebSocketDisconnect, OSError):
         pass
     finally:

@@ -1,16 +1,19 @@
 """The engine behind `facenet serve`: models loaded once, frames and photos in, named faces out.
 
-Every gallery read and write goes through facenet_cli.store.gallery, and every name through
+Every gallery read and write goes through one gallery store (facenet_cli/store, opened once for
+the server's life; it notices changes by other programs through its generation()), and every name through
 facenet_cli.recognition.identify's Matcher (the same unknown gate as `facenet identify`), so the page and
 `facenet identify` agree on the same gallery. Uploaded photos are searched exactly as
-`facenet identify` searches them (HOG, adaptive upsampling, every face); live frames on a
-downscaled copy (`detect_width`), because detection is most of a frame's cost.
+`facenet identify` searches them (the chosen `--detector` and `--min-face`, adaptive upsampling,
+every face); live frames by the same detector at upsample 0 on a downscaled copy (`detect_width`),
+because detection is most of a frame's cost.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -20,9 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import NoFace, UsageError
+from ..errors import UsageError
 from ..recognition.identify import UNKNOWN
-from .thumbs import prune_thumbs, save_thumb, thumb_path
+from .enrolling import ENROL_INTERVAL_S, Enrolling, choose_face, refuse_other_person
+from .thumbs import thumbnail_jpeg
 from .tracking import MIN_CLEAR_FACE_PX, MIN_SHARPNESS, Tracker, sharpness
 
 if TYPE_CHECKING:
@@ -33,12 +37,13 @@ MAX_FRAME_BYTES = 2 * 1024 * 1024
 MAX_FRAME_PIXELS = 1920 * 1080
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000
-# Live frames are searched at this width (faces from about 80 * 640 / 320 = 160 px in a 640 px frame).
+# Live frames are searched at this width (with HOG, faces from about 80 * 640 / 320 = 160 px in a
+# 640 px frame; with mtcnn from about 20 * 640 / 320 = 40 px, measured to find 32 px ones).
 DEFAULT_DETECT_WIDTH = 320
-# "Add person": frames with exactly one clear face enrolled, at least this far apart in time.
+# "Add person": clear frames of the one face followed (serve/enrolling.py).
 DEFAULT_ENROL_FRAMES = 10
-ENROL_INTERVAL_S = 0.15
-# How often the gallery file is checked for changes made by another program (`facenet gallery`).
+# How often the gallery store is asked whether it changed (its generation(): e.g. `facenet gallery` in
+# another program, or another server on the same gallery).
 GALLERY_POLL_S = 0.5
 FPS_WINDOW_S = 2.0
 
@@ -86,19 +91,6 @@ def decode_image(data: bytes, max_pixels: int, what: str = "The upload") -> np.n
 
 
 @dataclass
-class Enrolling:
-    name: str
-    wanted: int
-    added: int = 0
-    last: float = 0.0
-    skipped: dict = field(default_factory=dict)  # reason -> frames not enrolled
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "added": self.added, "wanted": self.wanted, "done": self.added >= self.wanted,
-                "skipped": dict(self.skipped)}
-
-
-@dataclass
 class SocketState:
     """What the server keeps per WebSocket: its tracks, enrolment and answer times."""
 
@@ -108,6 +100,7 @@ class SocketState:
     received: int = 0
     dropped: int = 0
     reveal: bool = False  # name the nearest person of faces answered unknown (`/ws?reveal=1`)
+    in_view: dict = field(default_factory=dict)  # track id -> name answered, in the last frame
 
     def fps(self, now: float) -> float:
         self.answered.append(now)
@@ -135,110 +128,134 @@ class GalleryView:
         return (vectors - self.mean) @ self.axes
 
 
+def map_axes(vectors: np.ndarray, face_ids, people: list[str], previous: GalleryView | None):
+    """The map's projection (mean, (D, 2) axes): the previous one while the same people are in
+    the gallery (new faces are projected, nothing moves); when people come or go, a new PCA
+    turned (orthogonal Procrustes) to where the faces already shown were, so the map does not
+    flip or spin on every change."""
+    if previous is not None and previous.axes is not None and previous.people == people \
+            and previous.axes.shape[0] == vectors.shape[1]:
+        return previous.mean, previous.axes
+    mean = vectors.mean(axis=0)
+    axes = np.zeros((vectors.shape[1], 2))
+    if len(vectors) > 1:
+        _, _, vt = np.linalg.svd(vectors - mean, full_matrices=False)
+        k = min(2, vt.shape[0])
+        axes[:, :k] = vt[:k].T
+    if previous is not None and previous.points and previous.axes is not None \
+            and previous.axes.shape[0] == vectors.shape[1]:
+        shown = {p["face_id"]: (p["x"], p["y"]) for p in previous.points if p["x"] is not None and p["y"] is not None}
+        rows = [i for i, fid in enumerate(face_ids) if int(fid) in shown]
+        if len(rows) >= 2:
+            old = np.array([shown[int(face_ids[i])] for i in rows], dtype=np.float64)
+            new = (vectors[rows] - mean) @ axes
+            u, _, vt = np.linalg.svd((new - new.mean(axis=0)).T @ (old - old.mean(axis=0)))
+            axes = axes @ (u @ vt)
+    return mean, axes
+
+
 class Engine:
     """Load the model once; answer frames, photos and gallery requests (thread-safe)."""
 
     def __init__(self, gallery_path: str | Path, model: str | None = None, device: str = "auto",
                  far: float | None = None, detect_width: int = DEFAULT_DETECT_WIDTH,
-                 enrol_frames: int = DEFAULT_ENROL_FRAMES):
-        from ..store.gallery import Gallery, resolve_for
+                 enrol_frames: int = DEFAULT_ENROL_FRAMES, detector: str | None = None,
+                 min_face: int | None = None):
+        from ..recognition.enrol import resolve_for
+        from ..store.registry import open_store
         from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
 
         if detect_width < 80:
             raise UsageError(f"--detect-width must be at least 80 pixels, not {detect_width}.")
         if enrol_frames < 1:
             raise UsageError(f"--enrol-frames must be at least 1, not {enrol_frames}.")
-        self.gallery_path = Path(gallery_path)
-        with Gallery(self.gallery_path, create=True) as gallery:
-            record, self.model_ref, flip = resolve_for(gallery, model, None)
+        self.gallery_path = os.fspath(gallery_path)  # a path or a store URL, as typed
+        # Until its first face is enrolled a new gallery has no file (the store makes it at the
+        # first commit): an empty gallery, not an error.
+        self.store = open_store(self.gallery_path, create=True)
+        record, self.model_ref, flip = resolve_for(self.store, model, None)
         self.far = far
         self.enrol_frames = enrol_frames
+        # detector None: the library's default (LIBRARY_DEFAULTS), as every other command.
         self.pipeline = FacePipeline.build(PipelineOptions(model=self.model_ref, device=device, flip=flip, batch_size=8,
-                                                           detector="hog", upsample="auto", faces="all"),
+                                                           detector=getattr(detector, "value", detector),
+                                                           min_face=min_face, upsample="auto", faces="all"),
                                            record=record, verify=False)
+        self.detector = self.pipeline.options.detector
         self.embedder = self.pipeline.embedder
-        # Photos: searched exactly as `facenet identify` searches them.
-        self.photo_aligner = self.pipeline.aligner
-        # Frames: one detector pass at upsample 0 on a copy at most detect_width wide.
-        self.live_aligner = self.pipeline.aligner_with(upsample=0, pixel_budget=detect_width * detect_width * 3 // 4)
+        # Photos: searched exactly as `facenet identify` searches them (the pipeline's own
+        # settings). Frames: one detector pass at upsample 0 on a copy at most detect_width wide.
+        self.live_detection = {"upsample": 0, "pixel_budget": detect_width * detect_width * 3 // 4}
+        self.pipeline.aligner, self.pipeline.aligner_with(**self.live_detection)  # both loaded before any request
         self._lock = threading.RLock()
         self._view: GalleryView | None = None
-        self._signature: tuple | None = None
+        self._generation: object = None  # the store's generation() the view was built at
         self._checked = 0.0
         self._version = 0
         self.view()  # fail now, not at the first frame, if the gallery cannot be read
 
     # ------------------------------------------------------------ the gallery, as matcher and map
 
-    def _gallery(self):
-        """The gallery for reading: until its first face is enrolled there is no file (the gallery
-        module makes it at the first commit), and that is an empty gallery, not an error."""
-        from ..store.gallery import Gallery
-
-        return Gallery(self.gallery_path, create=not self.gallery_path.exists())
+    def close(self) -> None:
+        self.store.close()
 
     @property
     def record(self):
         return self.embedder.record
 
-    def _file_signature(self) -> tuple:
-        parts = []
-        for suffix in ("", "-wal"):
-            try:
-                info = (self.gallery_path.parent / (self.gallery_path.name + suffix)).stat()
-                parts.append((info.st_mtime_ns, info.st_size))
-            except OSError:
-                parts.append(None)
-        return tuple(parts)
-
     def invalidate(self) -> None:
         with self._lock:
-            self._signature = None
+            self._generation = None
 
     def view(self) -> GalleryView:
-        """The current matcher and map; re-read when our writes or another program changed the file."""
+        """The current matcher and map; re-read when our writes or another program changed the
+        gallery (its store's generation() moved)."""
         with self._lock:
             now = time.monotonic()
-            if self._view is not None and self._signature is not None and now - self._checked < GALLERY_POLL_S:
+            if self._view is not None and self._generation is not None and now - self._checked < GALLERY_POLL_S:
                 return self._view
             self._checked = now
-            signature = self._file_signature()
-            if self._view is not None and signature == self._signature:
+            generation = self.store.generation()
+            if self._view is not None and generation == self._generation:
                 return self._view
             self._version += 1
             self._view = self._build_view(self._version)
-            self._signature = signature
+            self._generation = generation
             return self._view
 
     def _build_view(self, version: int) -> GalleryView:
         from ..recognition.identify import matcher_for
 
-        with self._gallery() as gallery:
-            if len(gallery) == 0:
-                return GalleryView(version, None)
-            enrolment = gallery.enrolment()
-        matcher = matcher_for(enrolment, far=self.far)
+        state, enrolment = self.store.snapshot()
+        if enrolment is None:
+            return GalleryView(version, None)
+        matcher = matcher_for(enrolment, far=self.far, state=state)  # calibration cached by the gallery's state
         vectors = enrolment.embeddings.astype(np.float64)
-        mean = vectors.mean(axis=0)
-        centred = vectors - mean
-        axes = np.zeros((vectors.shape[1], 2))
-        if len(vectors) > 1:
-            _, _, vt = np.linalg.svd(centred, full_matrices=False)
-            k = min(2, vt.shape[0])
-            axes[:, :k] = vt[:k].T
-        xy = centred @ axes
+        mean, axes = map_axes(vectors, enrolment.face_ids, list(enrolment.names), self._view)
+        xy = (vectors - mean) @ axes
         points = [{"face_id": int(fid), "person": enrolment.names[int(pi)], "x": finite(x, 5), "y": finite(y, 5)}
                   for fid, pi, (x, y) in zip(enrolment.face_ids, enrolment.person_index, xy)]
         return GalleryView(version, matcher, mean, axes, points, list(enrolment.names))
 
+    def rename_person(self, name: str, new_name: str) -> dict:
+        """All of a person's faces to another name at once (merged into that person if they
+        exist): no frame answered in between sees the person half moved."""
+        from ..store.names import normalise_name
+
+        target = normalise_name(new_name)
+        with self._lock:
+            if name not in {n for n, _ in self.store.people()}:
+                raise NotFound(f"No one called {name!r} is in the gallery.")
+            moved = self.store.rename_person(name, target)
+            self.store.keep_index_current()
+            self.invalidate()
+        return {"from": name, "to": target, "faces": moved}
+
     # ------------------------------------------------------------ faces
 
-    def _faces(self, rgb: np.ndarray, aligner) -> tuple[list, np.ndarray]:
-        try:
-            found = aligner.align(rgb)
-        except NoFace:
-            return [], np.zeros((0, self.embedder.dim), dtype=np.float32)
-        return found, self.embedder.embed([f.image for f in found])
+    def _faces(self, rgb: np.ndarray, live: bool = False) -> tuple[list, np.ndarray]:
+        """The pipeline's faces of a photo, or of a live frame (`live`: the cheaper detection)."""
+        return self.pipeline.embedded_faces(rgb, **(self.live_detection if live else {}))
 
     @staticmethod
     def _box(face) -> list[int]:
@@ -264,17 +281,21 @@ class Engine:
         """One live frame: every face boxed, tracked and (once stable) named; enrolment if asked."""
         started = time.perf_counter()
         rgb = decode_image(data, MAX_FRAME_PIXELS, "A frame")
-        found, vectors = self._faces(rgb, self.live_aligner)
+        found, vectors = self._faces(rgb, live=True)
         view = self.view()
         answers = self._answers(view, vectors)
         clear = [f.box.width >= MIN_CLEAR_FACE_PX and sharpness(f.image) >= MIN_SHARPNESS for f in found]
-        tracks = state.tracker.update([tuple(self._box(f)) for f in found], clear)
-        enrol = None
-        if state.enrolling is not None:
-            enrol = self._enrol_from_frame(state, data, found, vectors, clear)
+        state.tracker.max_distance = self.record.threshold  # beyond it: another person, another track
+        tracks = state.tracker.update([tuple(self._box(f)) for f in found], clear, list(vectors))
+        names = [UNKNOWN if a is None else a.name for a in answers]
+        enrol, job = None, state.enrolling
+        if job is not None:
+            enrol = self._enrol_from_frame(state, job, data, found, vectors, clear, [t.id for t in tracks], names)
             if enrol.get("added_face"):
                 view = self.view()
                 answers = self._answers(view, vectors)
+                names = [UNKNOWN if a is None else a.name for a in answers]
+        state.in_view = {t.id: name for t, name in zip(tracks, names)}
         xy = view.project(vectors.astype(np.float64))
         faces = []
         for i, (face, answer, track) in enumerate(zip(found, answers, tracks)):
@@ -286,58 +307,95 @@ class Engine:
             faces.append(item)
         return {"type": "faces", "frame_id": frame_id, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
                 "faces": faces, "gallery_version": view.version, "people": len(view.people),
+                "threshold": None if view.matcher is None else finite(view.matcher.threshold, 6),
+                "smallest_face_px": self.smallest_face_px(rgb.shape[1], rgb.shape[0]),
                 "process_ms": round((time.perf_counter() - started) * 1000, 1), "enrol": enrol}
 
-    def start_enrolling(self, state: SocketState, name: str, count: int | None = None) -> dict:
-        from ..store.gallery import normalise_name
+    def smallest_face_px(self, width: int, height: int) -> int:
+        """About the narrowest face found in a live frame of this size (the page hints "come
+        closer" below it): the detector's reach on a copy of at most `--detect-width` (a wider
+        --detect-width finds smaller faces, slower), or --min-face."""
+        from ..detect import smallest_face_px
+
+        return smallest_face_px(self.detector, height, width, min_face=self.pipeline.options.min_face,
+                                **self.live_detection)
+
+    def start_enrolling(self, state: SocketState, name: str, count: int | None = None,
+                        track: int | None = None) -> dict:
+        """Enrol the face of `track` (a face in view), or without one the face alone in view; a
+        face the gallery names as someone else is refused (UsageError)."""
+        from ..store.names import normalise_name
 
         person = normalise_name(str(name))
         wanted = self.enrol_frames if count is None else int(count)
         if not 1 <= wanted <= 100:
             raise UsageError(f"Enrol between 1 and 100 frames, not {wanted}.")
-        state.enrolling = Enrolling(person, wanted)
+        if track is None and len(state.in_view) == 1:
+            track = next(iter(state.in_view))
+        if track is not None:
+            if track not in state.in_view:
+                raise UsageError("That face is no longer in view; click a face that is.")
+            refuse_other_person(person, state.in_view[track])
+        state.enrolling = Enrolling(person, wanted, track)
         return state.enrolling.to_dict()
 
-    def _enrol_from_frame(self, state: SocketState, data: bytes, found: list, vectors: np.ndarray,
-                          clear: list[bool]) -> dict:
-        job = state.enrolling
-        reason = None
-        if len(found) != 1:
-            reason = "no face" if not found else "several faces"
-        elif not clear[0]:
-            reason = "face small or blurred"
-        elif time.monotonic() - job.last < ENROL_INTERVAL_S:
-            reason = "too soon after the last one"
-        result = job.to_dict()
-        if reason:
-            job.skipped[reason] = job.skipped.get(reason, 0) + 1
-            result["skipped"] = dict(job.skipped)
-            return result
-        sha = hashlib.sha256(data).hexdigest()
-        face_id = self._enrol(job.name, vectors[0], found[0].image, sha, f"serve:camera/{sha[:12]}.jpg",
-                              tuple(self._box(found[0])))
-        if face_id is None:
-            job.skipped["same image again"] = job.skipped.get("same image again", 0) + 1
-        else:
-            job.added += 1
-            job.last = time.monotonic()
+    def cancel_enrolling(self, state: SocketState) -> dict:
+        """End the enrolment; what it enrolled until then stays (the count says how many)."""
+        with self._lock:  # not while a frame of it is being stored: the count given is final
+            job, state.enrolling = state.enrolling, None
+            if job is None:
+                return {"name": None, "added": 0, "wanted": 0, "track": None, "done": True, "skipped": {}}
+            job.stopped = "Cancelled."
+            return job.to_dict()
+
+    def _enrol_from_frame(self, state: SocketState, job: Enrolling, data: bytes, found: list, vectors: np.ndarray,
+                          clear: list[bool], track_ids: list[int], names: list[str]) -> dict:
+        alive = job.track is None or state.tracker.alive(job.track)
+        i = choose_face(job, track_ids, names, vectors, clear, alive, self.record.threshold, ENROL_INTERVAL_S)
+        with self._lock:  # a cancel waits for this frame, or this frame sees the cancel
+            return self._enrol_chosen(state, job, data, found, vectors, i)
+
+    def _enrol_chosen(self, state: SocketState, job: Enrolling, data: bytes, found: list, vectors: np.ndarray,
+                      i: int | None) -> dict:
+        face_id = None
+        if i is not None and job.stopped is None:
+            sha = hashlib.sha256(data).hexdigest()
+            try:
+                face_id = self._enrol(job.name, vectors[i], found[i].image, sha, f"serve:camera/{sha[:12]}.jpg",
+                                      tuple(self._box(found[i])))
+            except DuplicateImage:
+                job.skip("the same face is in the gallery already")
+            else:
+                job.added += 1
+                job.last = time.monotonic()
+                if job.anchor is None:
+                    job.anchor = vectors[i].astype(np.float64)
         result = job.to_dict()
         result["added_face"] = face_id
-        if job.added >= job.wanted:
+        if result["done"] and state.enrolling is job:
             state.enrolling = None
         return result
 
     def _enrol(self, name: str, vector: np.ndarray, crop: np.ndarray, sha: str, source: str,
-               box: tuple[int, int, int, int]) -> int | None:
-        from ..store.gallery import Gallery
+               box: tuple[int, int, int, int]) -> int:
+        """Store one face and its thumbnail; DuplicateImage for an image or a face already in."""
+        from ..recognition.enrol_outcomes import SameFaces
 
-        with self._lock, Gallery(self.gallery_path, create=True) as gallery:
+        with self._lock:
+            gallery = self.store
             if gallery.model is None:
                 gallery.bind(self.record, self.model_ref, self.embedder.flip)
+            # As `gallery add`: the same face again (a copy of an image in, re-encoded) is not enrolled.
+            twin = SameFaces(gallery).find(vector)
+            if twin is not None:
+                raise DuplicateImage(f"This face is in the gallery already: its embedding equals that of {twin}.")
             face_id = gallery.add_face(name, vector, source, sha, box)
-            if face_id is not None:
-                save_thumb(self.gallery_path, sha, crop)
-            gallery.keep_index_current()  # a search index beside the gallery stays current
+            if face_id is None:
+                raise DuplicateImage("This image is in the gallery already.")
+            jpeg = thumbnail_jpeg(crop)
+            if jpeg is not None:
+                gallery.save_thumbnail(sha, jpeg)
+            gallery.keep_index_current()  # the store's search index stays current
             self.invalidate()
         return face_id
 
@@ -347,7 +405,7 @@ class Engine:
         """Every face of a photo: box, name (or unknown), distance, estimated FAR, embedding; the
         nearest people of a face answered unknown (best_match, candidates) only with `reveal`."""
         rgb = decode_image(data, MAX_UPLOAD_PIXELS)
-        found, vectors = self._faces(rgb, self.photo_aligner)
+        found, vectors = self._faces(rgb)
         view = self.view()
         answers = self._answers(view, vectors)
         faces = []
@@ -370,12 +428,11 @@ class Engine:
         chosen = []
         for data, what in ((first, "The first image"), (second, "The second image")):
             rgb = decode_image(data, MAX_UPLOAD_PIXELS, what)
-            try:
-                found = self.photo_aligner.align(rgb)
-            except NoFace:
-                raise UsageError(f"{what} has no face we could find; send a photo with a visible face.") from None
+            found = self.pipeline.faces(rgb)
+            if not found:
+                raise UsageError(f"{what} has no face we could find; send a photo with a visible face.")
             largest = max(found, key=lambda face: face.box.area)
-            chosen.append((largest, self.embedder.embed([largest.image])[0], len(found)))
+            chosen.append((largest, self.pipeline.embed([largest.image])[0], len(found)))
         distance = float(squared_distances(chosen[0][1][None], chosen[1][1][None])[0, 0])
         return {"model": self.record.name, "squared_l2": finite(distance, 6), "threshold": self.record.threshold,
                 "same_person": distance <= self.record.threshold,
@@ -383,31 +440,29 @@ class Engine:
 
     def enrol_photo(self, name: str, data: bytes) -> dict:
         """Enrol the one face of a photo under `name`."""
-        from ..store.gallery import normalise_name
+        from ..store.names import normalise_name
 
         person = normalise_name(name)
         rgb = decode_image(data, MAX_UPLOAD_PIXELS)
-        found, vectors = self._faces(rgb, self.photo_aligner)
+        found, vectors = self._faces(rgb)
         if len(found) != 1:
             raise UsageError("The photo has no face we could find; send a photo of that person's face." if not found
                              else f"The photo has {len(found)} faces; send a photo with only {person}'s face.")
         sha = hashlib.sha256(data).hexdigest()
         face_id = self._enrol(person, vectors[0], found[0].image, sha, f"serve:upload/{sha[:12]}.jpg",
                               tuple(self._box(found[0])))
-        if face_id is None:
-            raise DuplicateImage("This image is in the gallery already.")
         return {"person": person, "face_id": face_id, "box": self._box(found[0])}
 
     def listing(self) -> dict:
-        with self._gallery() as gallery:
-            people = gallery.people()
-            faces = gallery.faces()
+        with self._lock:
+            people = self.store.people()
+            faces = self.store.faces()
+            with_thumbnail = self.store.thumbnails()
         view = self.view()
         thumbs: dict[str, str] = {}  # person -> their first face with a thumbnail
         face_rows = []
         for face in faces:
-            path = thumb_path(self.gallery_path, face.image_sha256)
-            url = f"api/gallery/thumbs/{face.image_sha256}.jpg" if path is not None and path.is_file() else None
+            url = f"api/gallery/thumbs/{face.image_sha256}.jpg" if face.image_sha256 in with_thumbnail else None
             if url:
                 thumbs.setdefault(face.person, url)
             face_rows.append({"id": face.id, "person": face.person, "thumbnail": url,
@@ -417,22 +472,19 @@ class Engine:
                 "faces": face_rows}
 
     def thumbnail(self, image_sha256: str) -> bytes | None:
-        path = thumb_path(self.gallery_path, image_sha256)
-        if path is None or not path.is_file():
-            return None
-        return path.read_bytes()
+        return self.store.thumbnail(image_sha256)
 
     def map(self) -> dict:
         view = self.view()
         return {"gallery_version": view.version, "people": view.people, "points": view.points}
 
     def _after_removal(self, gallery) -> None:
-        gallery.keep_index_current()
-        prune_thumbs(self.gallery_path, {f.image_sha256 for f in gallery.faces()})
+        gallery.keep_index_current()  # (the store removed the faces' thumbnails with them)
         self.invalidate()
 
     def remove_person(self, name: str) -> dict:
-        with self._lock, self._gallery() as gallery:
+        with self._lock:
+            gallery = self.store
             if name not in {n for n, _ in gallery.people()}:
                 raise NotFound(f"No one called {name!r} is in the gallery.")
             removed = gallery.remove_person(name)
@@ -440,7 +492,8 @@ class Engine:
         return {"person": name, "removed_faces": removed}
 
     def remove_face(self, face_id: int) -> dict:
-        with self._lock, self._gallery() as gallery:
+        with self._lock:
+            gallery = self.store
             if not gallery.faces_by_id([face_id]):
                 raise NotFound(f"No face with id {face_id} is in the gallery.")
             person = gallery.remove_face(face_id)
@@ -448,7 +501,8 @@ class Engine:
         return {"face_id": face_id, "person": person}
 
     def move_face(self, face_id: int, name: str) -> dict:
-        with self._lock, self._gallery() as gallery:
+        with self._lock:
+            gallery = self.store
             if not gallery.faces_by_id([face_id]):
                 raise NotFound(f"No face with id {face_id} is in the gallery.")
             old, new = gallery.move_face(face_id, name)

@@ -21,6 +21,8 @@ MIN_CLEAR_FACE_PX = 60
 MIN_SHARPNESS = 12.0
 STABLE_FRAMES = 3
 MIN_IOU = 0.3
+# Frames a face may go undetected and keep its track (and its name, and an enrolment following it).
+KEEP_MISSED = 3
 
 
 def sharpness(crop: np.ndarray) -> float:
@@ -45,16 +47,31 @@ class Track:
     box: tuple[int, int, int, int]
     clear_run: int = 0
     stable: bool = False
+    vector: np.ndarray | None = None  # the face's last embedding: who the track follows
+    missed: int = 0  # frames in a row without this face
 
 
 @dataclass
 class Tracker:
+    """`max_distance`: the squared L2 distance beyond which two faces are different people (the
+    model's threshold); a box where another person's face was is a new track, so a track (and an
+    enrolment following it) never passes from one person to the next, even in the same place."""
+
     stable_frames: int = STABLE_FRAMES
+    max_distance: float | None = None
     tracks: list[Track] = field(default_factory=list)
     _next_id: int = 1
 
-    def update(self, boxes: list[tuple[int, int, int, int]], clear: list[bool]) -> list[Track]:
-        """One frame's faces in, the track of each face out (same order). Unmatched tracks end."""
+    def _same_face(self, track: Track, vector) -> bool:
+        if vector is None or track.vector is None or self.max_distance is None:
+            return True
+        return float(np.sum((np.asarray(track.vector, np.float64) - np.asarray(vector, np.float64)) ** 2)) \
+            <= self.max_distance
+
+    def update(self, boxes: list[tuple[int, int, int, int]], clear: list[bool], vectors=None) -> list[Track]:
+        """One frame's faces in, the track of each face out (same order). A track unmatched for
+        more than KEEP_MISSED frames ends (one missed detection does not end an enrolment)."""
+        vectors = [None] * len(boxes) if vectors is None else list(vectors)
         pairs = sorted(((iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
                        reverse=True)
         matched: dict[int, Track] = {}
@@ -62,7 +79,7 @@ class Tracker:
         for overlap, ti, bi in pairs:
             if overlap < MIN_IOU:
                 break
-            if ti in used or bi in matched:
+            if ti in used or bi in matched or not self._same_face(self.tracks[ti], vectors[bi]):
                 continue
             used.add(ti)
             matched[bi] = self.tracks[ti]
@@ -72,10 +89,22 @@ class Tracker:
             if track is None:
                 track = Track(self._next_id, box)
                 self._next_id += 1
-            track.box = box
+            track.box, track.missed = box, 0
+            if vectors[bi] is not None:
+                track.vector = vectors[bi]
             track.clear_run = track.clear_run + 1 if clear[bi] else 0
             if track.clear_run >= self.stable_frames:
                 track.stable = True
             result.append(track)
-        self.tracks = result
+        kept = []
+        for ti, track in enumerate(self.tracks):
+            if ti not in used:
+                track.missed += 1
+                if track.missed <= KEEP_MISSED:
+                    kept.append(track)
+        self.tracks = result + kept
         return result
+
+    def alive(self, track_id: int) -> bool:
+        """Whether a track may still be seen again (in view, or missed only briefly)."""
+        return any(t.id == track_id for t in self.tracks)

@@ -13,30 +13,31 @@ check out (damaged), or that was built for another model is never trusted: it is
 the gallery, which stays the only source of truth, and written atomically (atomic.py).
 
 Keys are the gallery's face ids; the index answers face ids and squared L2 distances, and the
-gallery answers who and where from. Queries use one thread (`identify` asks one face at a time).
+gallery answers who and where from. Only the SQLite store (store/sqlite.py) uses this file: callers
+ask their store for its nearest-neighbour index (`GalleryStore.neighbour_index`). Queries use one thread (`identify` asks one face at a time).
 """
 from __future__ import annotations
 
 import json
 import os
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..errors import DataError
+from .types import IndexUse
 
 if TYPE_CHECKING:
-    from .gallery import Enrolment, Gallery, GalleryChanges, GalleryState
+    from .types import Enrolment, GalleryChanges, GalleryState
 
 MAGIC = b"facenet-face-index\n"
 FORMAT = "facenet-face-index"
 VERSION = 1
 LIBRARY = "faiss"
 # Chosen by benchmarks/search_million.py: --compare (the library), then the million-face runs (M=16 vs
-# M=32, ef_search 64-1024): M=32, ef_search 512 gave the best recall with p99 3 ms (README: search).
+# M=32, ef_search 64-1024): M=32, ef_search 512 gave the best recall with p99 3 ms (docs/GALLERIES.md).
 PARAMS = {"M": 32, "ef_construction": 128, "ef_search": 512}
 # More removed faces than this share of the index: rebuilt rather than patched (searches skip them).
 MAX_TOMBSTONE_SHARE = 0.1
@@ -230,19 +231,10 @@ def stale_reason(header: dict, state: "GalleryState") -> str | None:
     return None
 
 
-@dataclass
-class IndexUse:
-    """The index a reader got, and what happened to the file (`status`: used, built or rebuilt)."""
-
-    index: FaceIndex
-    status: str
-    reason: str = ""
-
-
-def current_index(gallery: "Gallery", state: "GalleryState", enrolment: "Enrolment", save: bool = True) -> IndexUse:
-    """The index of the gallery as it is in `state` (whose faces are `enrolment`): the file when it is
-    current and whole, else one built from the gallery (and saved over the file, atomically)."""
-    path = index_path(gallery.path)
+def current_index(path: Path, state: "GalleryState", enrolment: "Enrolment", save: bool = True) -> IndexUse:
+    """The index of the gallery as it is in `state` (whose faces are `enrolment`): the index file
+    `path` when it is current and whole, else one built from the faces (and saved over the file,
+    atomically, when `save`)."""
     reason = ""
     if path.exists():
         try:
@@ -263,14 +255,14 @@ def current_index(gallery: "Gallery", state: "GalleryState", enrolment: "Enrolme
     return IndexUse(index, "rebuilt" if reason else "built", reason.lstrip("; "))
 
 
-def apply_changes(gallery: "Gallery", changes: "GalleryChanges") -> str:
-    """Keep an existing index file current after this process's writes to the gallery: patch it
-    when it describes the gallery as it was just before them, else rebuild it. Returns what was
-    done ("none", "updated", "rebuilt", "removed"). No index file: nothing to do (readers build one)."""
-    path = index_path(gallery.path)
+def apply_changes(path: Path, changes: "GalleryChanges", state: "GalleryState",
+                  snapshot: "Callable[[], tuple[GalleryState, Enrolment | None]]") -> str:
+    """Keep an existing index file `path` current after this process's writes to its gallery
+    (`changes`; the gallery is in `state` now, and `snapshot` reads all its faces): patch it when
+    it describes the gallery as it was just before them, else rebuild it. Returns what was done
+    ("none", "updated", "rebuilt", "removed"). No index file: nothing to do (readers build one)."""
     if not path.exists() or changes.start is None:
         return "none"
-    state = gallery.state()
     index = None
     if changes.contiguous and state.generation == changes.end:
         try:
@@ -285,18 +277,19 @@ def apply_changes(gallery: "Gallery", changes: "GalleryChanges") -> str:
             if len(index) == state.faces and index.tombstones <= MAX_TOMBSTONE_SHARE * max(len(index.labels), 1):
                 write_index(path, index, state)
                 return "updated"
-    state, enrolment = gallery.snapshot()
+    state, enrolment = snapshot()
     if enrolment is None:  # the gallery is empty now: nothing to index
-        remove_index(gallery.path)
+        remove_index(path)
         return "removed"
     write_index(path, FaceIndex.build(enrolment.embeddings, enrolment.face_ids), state)
     return "rebuilt"
 
 
-def remove_index(gallery_path: str | os.PathLike) -> None:
+def remove_index(path: Path) -> None:
+    """Remove the index file `path` (if there is one)."""
     try:
-        index_path(gallery_path).unlink()
+        path.unlink()
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise DataError(f"Cannot remove {index_path(gallery_path)} ({exc.strerror}).") from None
+        raise DataError(f"Cannot remove {path} ({exc.strerror}).") from None
