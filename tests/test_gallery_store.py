@@ -297,11 +297,11 @@ def test_a_failed_first_add_leaves_no_gallery_file(known, examples_dir, lfw_imag
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     path = tmp_path / "sub" / "new.gallery"
     failed = run_cli("gallery", "add", path, folder.parent)
-    assert failed.exit_code == 1
+    assert failed.exit_code == 3  # nothing found: no face could be added
     missing_input = run_cli("gallery", "add", path, tmp_path / "nope")
     assert missing_input.exit_code == 2
     several = run_cli("gallery", "add", path, "--name", "Eva", examples_dir / "longoria-cooper.jpg")
-    assert several.exit_code == 1
+    assert several.exit_code == 3
     assert not path.exists()
     assert not path.parent.exists() or list(path.parent.iterdir()) == []  # no temporary file left either
     # The next add is the first: it binds the model it is given, not one a failed run left.

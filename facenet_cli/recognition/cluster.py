@@ -1,22 +1,6 @@
-"""Group faces by person without labels and without being told how many people there are.
-
-The engine (linkage.py), in three steps whose memory grows with N*k, never N^2:
-
-1. `knn_graph`: each face's k nearest faces within the threshold, by blocked matrix products
-   (a block of rows against all N faces at a time, the block sized so it stays under
-   `BLOCK_BYTES`), so no N x N matrix is ever built.
-2. `average_linkage`: agglomerative clustering over that graph with exact average linkage.
-   For unit vectors the mean squared distance between two clusters A and B is
-   2 - 2 (sum A . sum B) / (|A| |B|), so each cluster carries only its size and the sum of its
-   vectors; candidate merges are the graph's edges, taken cheapest first, and merging stops
-   at the threshold. No distance matrix, no dendrogram.
-3. Clusters of one face go to the `unknown` group: a face that matches no one is not a person.
-
-Why average linkage at its own threshold: the model's pair threshold (0.182 for
-dlib-resnet.v1) is the wrong operating point for clustering, since chains of "same" pairs join
-different people. The clustering threshold of each model is calibrated on LFW people disjoint
-from those it is measured on (benchmarks/cluster_lfw.py) and stored in the model record as
-`operating_points["cluster"]`.
+"""`facenet cluster`: group faces by person without labels and without being told how many
+people there are. The engine (average linkage over a kNN graph, memory N*k, never N^2, and why
+at its own calibrated threshold) is linkage.py; this module is the use case around it.
 
 `cluster_faces(SOURCE, OUT)` is the whole job: SOURCE is a `represent` output (labels.csv),
 an aligned folder (align-spec.json) or a folder of photos (aligned and embedded first, with
