@@ -232,3 +232,13 @@ def test_bad_input_gets_one_sentence(run_cli, lfw_reps, tmp_path):
     assert run_cli("cluster", bare, tmp_path / "o4", "--max-distance", "0.12").exit_code == 0
 
     assert run_cli("cluster", lfw_reps, tmp_path / "o5", "--max-distance", "-1").exit_code == 2
+
+
+def test_a_folder_holding_only_a_link_loop_holds_no_files(tmp_path, run_cli):
+    """Linked folders are not entered (the photo source's policy): `up -> ..` is no file and no hang."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "up").symlink_to("..")
+    (tmp_path / "elsewhere.jpg").write_bytes(b"a file reached only through the link")
+    result = run_cli("cluster", source, tmp_path / "out")
+    assert result.exit_code == 2 and "holds no files" in result.stderr

@@ -147,7 +147,8 @@ def cluster_faces(source: str | os.PathLike, out: str | os.PathLike, *, max_dist
         raise UsageError(f"--max-distance must be a positive squared distance, not {threshold}.")
     if not source.is_dir():
         raise UsageError(f"{source} is not a folder; give a folder of photos or a `facenet represent` output.")
-    if not any(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    # os.walk enters no linked folder (the photo source's policy), so a link loop cannot hang this.
+    if not any(not name.startswith(".") for _, _, names in os.walk(source) for name in names):
         raise UsageError(f"{source} holds no files; give a folder of photos or a `facenet represent` output.")
     if link is not None and (out / LINKS_DIR).exists():
         raise UsageError(f"{out / LINKS_DIR} already exists (it may hold folders you renamed); move it away "
