@@ -253,7 +253,9 @@ def test_ray_overhead_quick():
     difference, = figure(r"largest embedding difference ([0-9.]+e[+-][0-9]+)", out)
     assert difference <= 1e-5
     local, ray, ratio = figure(rf"^both\s+{NUMBER}\s+{NUMBER}\s+.*\s+{NUMBER}x$", out)
-    assert ratio == pytest.approx(ray / local, rel=0.1)
+    # The seconds are printed to 0.1 s: the ratio must lie within what that rounding allows (a
+    # fast quick run has ~0.5 s locally, where a relative tolerance would not hold).
+    assert (ray - 0.05) / (local + 0.05) - 0.01 <= ratio <= (ray + 0.05) / max(local - 0.05, 1e-9) + 0.01
     one_node, = figure(rf"^\s+1\s+{NUMBER}$", out)
     ten_nodes, = figure(rf"^\s+10\s+{NUMBER}$", out)
     assert 0 < ten_nodes <= one_node
