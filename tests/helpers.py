@@ -14,6 +14,20 @@ def copy_people(lfw_images: Path, dest: Path, people: dict[str, int]) -> Path:
     return dest
 
 
+def known_and_queries(lfw_images: Path, root: Path, people) -> tuple[Path, Path]:
+    """root/known/<person>/ with each person's first three LFW photos, root/queries/ with their fourth."""
+    copy_people(lfw_images, root / "all", {p: 4 for p in people})
+    known, queries = root / "known", root / "queries"
+    queries.mkdir(exist_ok=True)
+    for person in people:
+        files = sorted((root / "all" / person).iterdir())
+        (known / person).mkdir(parents=True)
+        for f in files[:3]:
+            shutil.copy(f, known / person / f.name)
+        shutil.copy(files[3], queries / files[3].name)
+    return known, queries
+
+
 def png_decodes_fully(path: Path) -> bool:
     from PIL import Image
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from facenet_cli.errors import SpecMismatch, UsageError, WriteError
 from facenet_cli.store.registry import open_store, shown_location
 from tests.conftest import ROOT
 from tests.gallery_stores import new_postgres_gallery, with_gallery
-from tests.helpers import copy_people, error_line
+from tests.helpers import error_line, known_and_queries
 
 DIM = 128
 
@@ -343,17 +342,7 @@ PEOPLE = ("Colin_Powell", "George_W_Bush", "Tony_Blair")
 
 @pytest.fixture(scope="module")
 def photos(lfw_images, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pg_photos")
-    copy_people(lfw_images, root / "all", {p: 4 for p in PEOPLE})
-    known, queries = root / "known", root / "queries"
-    for person in PEOPLE:
-        files = sorted((root / "all" / person).iterdir())
-        (known / person).mkdir(parents=True)
-        for f in files[:3]:
-            shutil.copy(f, known / person / f.name)
-        queries.mkdir(exist_ok=True)
-        shutil.copy(files[3], queries / files[3].name)
-    return known, queries
+    return known_and_queries(lfw_images, tmp_path_factory.mktemp("pg_photos"), PEOPLE)
 
 
 def test_the_commands_answer_alike_on_both_stores(photos, postgres_url, tmp_path, run_cli):

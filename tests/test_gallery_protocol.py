@@ -30,7 +30,7 @@ from facenet_cli.store.registry import open_store, register_store
 from facenet_cli.store.types import (ExactIndex, Face, GalleryModel, GalleryState, IndexUse, enrolment_of,
                                      model_fingerprint, refuse_other_model)
 from tests.conftest import ROOT
-from tests.helpers import copy_people, error_line
+from tests.helpers import error_line, known_and_queries
 
 DATA = Path(__file__).resolve().parent / "data"
 # Written by the release tagged `before-move` (see make_old_release_gallery): people Ada (2 faces)
@@ -212,17 +212,7 @@ PEOPLE = ("Colin_Powell", "George_W_Bush", "Tony_Blair")
 
 @pytest.fixture(scope="module")
 def photos(lfw_images, tmp_path_factory):
-    root = tmp_path_factory.mktemp("protocol")
-    copy_people(lfw_images, root / "all", {p: 4 for p in PEOPLE})
-    known, queries = root / "known", root / "queries"
-    for person in PEOPLE:
-        files = sorted((root / "all" / person).iterdir())
-        (known / person).mkdir(parents=True)
-        for f in files[:3]:
-            shutil.copy(f, known / person / f.name)
-        queries.mkdir(exist_ok=True)
-        shutil.copy(files[3], queries / files[3].name)
-    return known, queries
+    return known_and_queries(lfw_images, tmp_path_factory.mktemp("protocol"), PEOPLE)
 
 
 def test_both_backends_are_gallery_stores(tmp_path):

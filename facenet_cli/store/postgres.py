@@ -455,13 +455,8 @@ class PostgresGallery:
 
     def remove_person(self, name: str) -> int:
         with self._transaction():
-            row = self.db.execute(f"SELECT id FROM {self._t['people']} WHERE name = ANY(%s) ORDER BY "
-                                  "array_position(%s, name) LIMIT 1", (name_keys(name), name_keys(name))).fetchone()
-            if row is None:
-                raise UsageError(f"No one called {name!r} is in {self._shown}; see "
-                                 f"`facenet gallery list {self._shown}`.")
             gone = [r[0] for r in self.db.execute(f"DELETE FROM {self._t['faces']} WHERE person_id = %s "
-                                                  "RETURNING image_sha256", (row[0],))]
+                                                  "RETURNING image_sha256", (self._existing_person(name),))]
             self._drop_thumbs(gone)
         return len(gone)
 
@@ -487,14 +482,18 @@ class PostgresGallery:
     def rename_person(self, name: str, new_name: str) -> int:
         target = normalise_name(new_name)
         with self._transaction():
-            row = self.db.execute(f"SELECT id FROM {self._t['people']} WHERE name = ANY(%s) ORDER BY "
-                                  "array_position(%s, name) LIMIT 1", (name_keys(name), name_keys(name))).fetchone()
-            if row is None:
-                raise UsageError(f"No one called {name!r} is in {self._shown}; see "
-                                 f"`facenet gallery list {self._shown}`.")
+            old_id = self._existing_person(name)
             person_id = self._people_ids({target})[target]
             return self.db.execute(f"UPDATE {self._t['faces']} SET person_id = %s WHERE person_id = %s",
-                                   (person_id, row[0])).rowcount
+                                   (person_id, old_id)).rowcount
+
+    def _existing_person(self, name: str) -> int:
+        """The id of the person `name` names (its NFKC forms too), else one sentence."""
+        row = self.db.execute(f"SELECT id FROM {self._t['people']} WHERE name = ANY(%s) ORDER BY "
+                              "array_position(%s, name) LIMIT 1", (name_keys(name), name_keys(name))).fetchone()
+        if row is None:
+            raise UsageError(f"No one called {name!r} is in {self._shown}; see `facenet gallery list {self._shown}`.")
+        return row[0]
 
     def _face_person(self, face_id: int) -> str:
         row = None
