@@ -1,11 +1,12 @@
 """Raw LFW photos to embeddings: our pipeline against face_recognition's default one, side by side.
 
-    python benchmarks/end_to_end.py [--images 1000] [--repeats 1] [--precision fp32|bf16|int8] [--detector hog|hog-fast|mtcnn] [--sequential] [--quick]
+    python benchmarks/end_to_end.py [--images 1000] [--repeats 1] [--precision auto|fp32|bf16|int8] [--detector NAME] [--sequential] [--quick]
 
 Both sides get the same images (`lfw_sample`) and two processes:
 
 - ours: what `facenet represent RAW OUT --photos --workers 2` runs: `represent_photos` with the
-  dlib-resnet.v1 record's spec (default AlignJob: HOG, upsample auto, largest face): with a
+  dlib-resnet.v1 record's spec (AlignJob with the CLI's default detector, upsample auto, largest
+  face; the Embedder at `--precision auto`, what the CLI runs on this CPU): with a
   worker per core, each of the 2 align processes embeds its own chunks of 16 crops (one torch
   thread; `represent.WorkerEmbedding`) and hands back vectors, then this process writes the
   folder (no PNG read back).
@@ -18,8 +19,9 @@ Both sides get the same images (`lfw_sample`) and two processes:
   then `represent_tree` reading the PNGs back (torch's default threads).
 
 `--precision` sets our Embedder's precision, `--detector` our align job's detector (both of our
-sides; `hog-fast` tries dlib's frontal filter alone first; `mtcnn` is the CNN cascade with its own
-five landmarks).
+sides; default: the CLI's defaults, `hog-onet` and `auto`; `hog` is dlib's HOG with its 5-point
+predictor; `mtcnn` is the CNN cascade with its own five landmarks). The CPU's model name and the
+class `--precision auto` sees are printed with the figures.
 
 Each run is a fresh Python process (so that peak RSS is that side's alone); the sides alternate
 (ours first on even repeats, theirs first on odd ones) so that load from other jobs hits both
@@ -53,7 +55,19 @@ def peak_rss_mib() -> dict[str, float]:
 
 # ---------------------------------------------------------------- ours
 
-def our_result(aligned, reps, marks: tuple[float, float, float, float]) -> dict:
+def cpu_name() -> str:
+    """The CPU's model name and the class `--precision auto` sees (figures hold for that CPU)."""
+    from facenet_cli.nets.precision import cpu_class
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "unknown")
+    except OSError:
+        name = "unknown"
+    return f"{name} ({cpu_class()})"
+
+
+def our_result(aligned, reps, marks: tuple[float, float, float, float], embedder_precision: str = "") -> dict:
     """One of our runs as the parent reads it: times (start, model loaded, aligned, done), counts."""
     import torch
 
@@ -65,7 +79,7 @@ def our_result(aligned, reps, marks: tuple[float, float, float, float]) -> dict:
             "counts": counts, "align_stage_ms": aligned.stage_ms(),
             "missed_files": sorted(o.input for o in aligned.outcomes
                                    if o.status in ("no-face", "multiple-faces", "unreadable")),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rss_mib": peak_rss_mib()}
+            "precision": embedder_precision, "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rss_mib": peak_rss_mib()}
 
 
 def run_ours(raw: Path, out: Path, precision: str = "fp32", detector: str = "hog") -> dict:
@@ -95,7 +109,7 @@ def run_ours(raw: Path, out: Path, precision: str = "fp32", detector: str = "hog
     aligned, reps = represent_photos(raw, out, embedder, job, workers=WORKERS, progress=EmbeddingStarts())
     t3 = time.perf_counter()
     t2 = marks.get("aligned", t3)
-    return our_result(aligned, reps, (t0, t1, t2, t3))
+    return our_result(aligned, reps, (t0, t1, t2, t3), embedder.precision)
 
 
 # ---------------------------------------------------------------- the pipeline before: align, then represent
@@ -116,7 +130,7 @@ def run_sequential(raw: Path, out: Path, precision: str = "fp32", detector: str 
     t2 = time.perf_counter()
     reps = represent_tree(out / "aligned", out, embedder)
     t3 = time.perf_counter()
-    return our_result(aligned, reps, (t0, t1, t2, t3))
+    return our_result(aligned, reps, (t0, t1, t2, t3), embedder.precision)
 
 
 # ---------------------------------------------------------------- theirs (face_recognition's defaults)
@@ -225,15 +239,19 @@ def launch(side: str, raw: Path, out: Path, precision: str = "fp32", detector: s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from facenet_cli.detect import detector_names
+    from facenet_cli.pipeline.face_pipeline import LIBRARY_DEFAULTS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help="8 images, one repeat: same steps, same table, figures not quotable")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                        help="our embedder's precision (Embedder(precision=...)); fp32 is the reference")
-    parser.add_argument("--detector", choices=("hog", "hog-fast", "mtcnn"), default="hog",
-                        help="our align job's detector (both of our sides); theirs is always HOG with five filters")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+                        help="our embedder's precision (Embedder(precision=...)); default: auto, the CLI's default")
+    parser.add_argument("--detector", choices=detector_names(builtin_only=True), default=LIBRARY_DEFAULTS["detector"],
+                        help="our align job's detector (both of our sides; default: the CLI's); theirs is always "
+                             "HOG with five filters")
     parser.add_argument("--sequential", action="store_true",
                         help="also run the pipeline before the overlap (align_tree, then represent_tree from the PNGs)")
     parser.add_argument("--side", choices=("ours", "sequential", "theirs"), help=argparse.SUPPRESS)
@@ -299,7 +317,7 @@ def main() -> None:
         print(f"sequential (align_tree, then represent_tree from the PNGs; torch {v['torch_threads']} threads): "
               f"{rate:.2f} images/s, {v['faces']} faces, {v['missed']} missed; ratio sequential / theirs: "
               f"{rate / theirs_rate:.2f}x; ours / sequential: {ours_rate / rate:.2f}x")
-    print(f"our precision: {args.precision}; our detector: {args.detector}")
+    print(f"our precision: {args.precision} ({o['precision']} here); our detector: {args.detector}; CPU: {cpu_name()}")
     print(f"ours, by stage (median s): load model {med('ours', 'load'):.2f}, align (embedding alongside) "
           f"{med('ours', 'align'):.1f}, rest of the embedding and writing {med('ours', 'embed'):.1f}")
     print("ours, align ms per image per worker: "

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="work folder (default work/lfw-view2, with --quick work/lfw-view2-quick)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--flip", action="store_true")
-    parser.add_argument("--detector", default="hog+cnn", choices=("hog", "hog-fast", "cnn", "hog+cnn", "mtcnn"),
+    parser.add_argument("--detector", default="hog+cnn", choices=("hog", "hog-fast", "hog-onet", "cnn", "hog+cnn", "mtcnn"),
                         help="align's --detector (default hog+cnn, the README pipeline)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier outputs first (else align resumes)")
     parser.add_argument("--quick", action="store_true", help=QUICK_HELP)

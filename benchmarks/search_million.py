@@ -258,7 +258,7 @@ def run_million(args) -> dict:
     chosen = index.params["ef_search"]
     from types import SimpleNamespace
 
-    from facenet_cli.recognition.identify import refine_by_person
+    from facenet_cli.recognition.search import refine_by_person
 
     # What `search` and `identify` do with the index's answer: every face of the person it names
     # first is scored exactly (identification.refine_by_person); "index alone" rows are the raw graph.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from .detect import DEFAULT_DETECTOR  # noqa: E402,F401 (light: the registry without its detector files)
+
 DEFAULT_MODEL = "dlib-resnet.v1"
 
 # The side of an aligned crop, in pixels: the parser and the library check the same bounds.
@@ -33,6 +35,7 @@ def _detector_choice() -> type[Choice]:
 
 
 Detector = _detector_choice()
+DefaultDetector = Detector(DEFAULT_DETECTOR)  # the CLI options' default
 
 
 class Upsample(Choice):

@@ -116,5 +116,7 @@ def engine(face_pipeline):
     return face_pipeline.aligner, face_pipeline.embedder
 
 
-# Every store in turn: `gallery_location` (a SQLite path, then a PostgreSQL URL) and its server.
-from tests.gallery_stores import gallery_location, postgres_url  # noqa: E402,F401
+# Every store in turn: `gallery_location` (a SQLite path, then a PostgreSQL URL), more galleries
+# in the same store (`galleries`, `module_galleries`), the parameter (`store_kind`) and its server.
+from tests.gallery_stores import (galleries, gallery_location, module_galleries, postgres_url,  # noqa: E402,F401
+                                  store_kind)

@@ -22,6 +22,9 @@ from facenet_cli.detect import FIRST_PASS_PIXELS, FaceDetector
 from facenet_cli.images import read_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
+# The first pass is HOG's: these tests hold its boxes against HOG's own plain search, with dlib's
+# predictor for the points (the default hog-onet's first pass: tests/test_hog_onet.py).
+HOG = "hog"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from group_photo import build_group_photo, match_by_position  # noqa: E402
 
@@ -42,7 +45,7 @@ def group(box: tuple[int, int], lfw_images, seed: int = 0, rows: int = 2, per_ro
 
 def truth_landmarks(spec, lfw_images, placed):
     """Each placed face's landmarks from its own LFW image, in canvas coordinates."""
-    aligner = FaceAligner(spec, upsample="auto", faces="center")
+    aligner = FaceAligner(spec, detector=HOG, upsample="auto", faces="center")
     return [aligner.align(read_rgb(lfw_images / f["file"]))[0].landmarks * f["scale"] + f["origin"] for f in placed]
 
 
@@ -57,8 +60,8 @@ def test_first_pass_finds_the_faces_of_the_plain_search_and_aligns_them_as_well(
     from facenet_cli.models.hub import resolve_model
 
     canvas, placed = group((170, 190), lfw_images)
-    fast = FaceAligner(spec, upsample="auto", faces="all")
-    plain = FaceAligner(spec, upsample="auto", faces="all", first_pass_pixels=0)
+    fast = FaceAligner(spec, detector=HOG, upsample="auto", faces="all")
+    plain = FaceAligner(spec, detector=HOG, upsample="auto", faces="all", first_pass_pixels=0)
     fast_faces, plain_faces = fast.align(canvas), plain.align(canvas)
     assert fast.first_pass == "kept" and plain.first_pass is None
     # The same faces: every placed one, found by both, at the same places.
@@ -75,7 +78,7 @@ def test_first_pass_finds_the_faces_of_the_plain_search_and_aligns_them_as_well(
     assert np.median(fast_error) <= np.median(plain_error) + 1.0, (fast_error, plain_error)
     # Embeddings: squared L2 to the truth's own crop (dlib-resnet.v1 says "same" below 0.182).
     embedder = Embedder(resolve_model("dlib-resnet.v1"), device="cpu", engine="torch")
-    reference = FaceAligner(spec, upsample="auto", faces="center")
+    reference = FaceAligner(spec, detector=HOG, upsample="auto", faces="center")
     own = embedder.embed([reference.align(read_rgb(lfw_images / f["file"]))[0].image for f in placed])
     ours = embedder.embed([nearest(fast_faces, t).image for t in truth])
     distances = ((ours - own) ** 2).sum(axis=1)
@@ -86,8 +89,8 @@ def test_faces_near_the_limit_make_it_search_again_at_full_size(spec, lfw_images
     """Faces of 100-110 px are 68-75 px in the 2 Mpx copy, under FIRST_PASS_MIN_BOX: the photo is
     searched again at full size, and the result is the plain search's, face for face."""
     canvas, placed = group((100, 110), lfw_images, seed=1)
-    fast = FaceAligner(spec, upsample="auto", faces="all")
-    plain = FaceAligner(spec, upsample="auto", faces="all", first_pass_pixels=0)
+    fast = FaceAligner(spec, detector=HOG, upsample="auto", faces="all")
+    plain = FaceAligner(spec, detector=HOG, upsample="auto", faces="all", first_pass_pixels=0)
     fast_faces, plain_faces = fast.align(canvas), plain.align(canvas)
     assert fast.first_pass == "searched again"
     assert [f.box for f in fast_faces] == [f.box for f in plain_faces]
@@ -99,11 +102,11 @@ def test_the_documented_limit_a_far_smaller_face_beside_big_ones(spec, lfw_image
     under 5/6): the first pass keeps the big faces and the small ones are not looked for; the
     plain search (an explicit --upsample, or first_pass_pixels=0) finds all four."""
     canvas, placed = group((70, 300), lfw_images, seed=2, per_row=2)
-    fast = FaceAligner(spec, upsample="auto", faces="all")
+    fast = FaceAligner(spec, detector=HOG, upsample="auto", faces="all")
     fast_faces = fast.align(canvas)
     assert fast.first_pass == "kept" and len(fast_faces) == 2
     assert min(f.box.width for f in fast_faces) > 250
-    plain_faces = FaceAligner(spec, upsample=0, faces="all").align(canvas)
+    plain_faces = FaceAligner(spec, detector=HOG, upsample=0, faces="all").align(canvas)
     assert len(plain_faces) == 4
 
 
@@ -122,7 +125,7 @@ def test_align_file_overlaps_the_decode_and_finds_the_same_faces(spec, lfw_image
     the same six faces, landmarks on the truth within the same 4 px; a photo stored sideways
     (EXIF orientation 6) gives the same faces, upright; small photos take align(read_rgb(...))."""
     canvas, placed = group((170, 190), lfw_images)
-    aligner = FaceAligner(spec, upsample="auto", faces="all")
+    aligner = FaceAligner(spec, detector=HOG, upsample="auto", faces="all")
     timings: dict = {}
     faces = aligner.align_file(save_jpeg(canvas, tmp_path / "group.jpg"), timings)
     assert aligner.first_pass == "kept" and len(faces) == 6 and set(timings) >= {"detect", "decode", "warp"}
@@ -152,7 +155,7 @@ def test_align_file_reports_a_broken_big_jpeg_as_read_rgb_does(spec, lfw_images,
     with pytest.raises(BadImage) as expected:
         read_rgb(cut)
     with pytest.raises(BadImage) as raised:
-        FaceAligner(spec, upsample="auto", faces="all").align_file(cut)
+        FaceAligner(spec, detector=HOG, upsample="auto", faces="all").align_file(cut)
     assert str(raised.value) == str(expected.value)
 
 

@@ -150,14 +150,15 @@ def test_each_builtin_detector_describes_itself_in_help(run_cli):
     described without touching the CLI."""
     from facenet_cli.detect import detector_entry
 
-    text = " ".join(run_cli("align", "--help", env={"COLUMNS": "400"}).stdout.split())
+    # The help wraps inside rich's panel: its border characters are not words.
+    text = " ".join(run_cli("align", "--help", env={"COLUMNS": "400"}).stdout.replace("│", " ").split())
     for name in detector_names(builtin_only=True):
         entry = detector_entry(name)
         assert entry.help and f"{name} ({entry.help})" in text, name
 
 
 def test_the_builtin_detectors_are_the_clis_choices():
-    assert detector_names(builtin_only=True) == ("hog", "cnn", "hog+cnn", "hog-fast", "mtcnn")
+    assert detector_names(builtin_only=True) == ("hog", "cnn", "hog+cnn", "hog-fast", "hog-onet", "mtcnn")
     assert choices.values(choices.Detector) == detector_names(builtin_only=True)
     assert choices.Detector.hog_cnn.value == "hog+cnn" and str(choices.Detector.hog_fast) == "hog-fast"
     assert detector_files("cnn") == detector_files("hog+cnn") == (resources.CNN_FACE_DETECTOR,)
@@ -183,7 +184,7 @@ def test_an_unknown_detector_is_one_sentence():
         with pytest.raises(UsageError) as info:
             build()
         message = str(info.value)
-        assert message == "--detector must be one of hog, cnn, hog+cnn, hog-fast, mtcnn, not 'yolo'."
+        assert message == "--detector must be one of hog, cnn, hog+cnn, hog-fast, hog-onet, mtcnn, not 'yolo'."
 
 
 def test_the_cli_refuses_an_unknown_detector_before_loading(run_cli, tmp_path):

@@ -6,7 +6,9 @@ the store, and the store imports nothing of the face pipeline.
 The second backend here is `MemoryGallery`, a dict-backed store registered for `memory:NAME`
 locations in this file alone: `facenet gallery add memory:people KNOWN/`, `facenet identify
 memory:people ...`, `search_gallery(store, ...)` and `facenet gallery list memory:people` run on
-it unchanged, and name the same faces as the same commands on a SQLite gallery.
+it unchanged, and name the same faces as the same commands on a SQLite gallery and on PostgreSQL.
+Each test that takes `gallery_location` or `galleries` runs on both stores; the migration tests are
+about SQLite files of earlier releases (PostgreSQL's: test_gallery_postgres.py).
 """
 from __future__ import annotations
 
@@ -215,45 +217,46 @@ def photos(lfw_images, tmp_path_factory):
     return known_and_queries(lfw_images, tmp_path_factory.mktemp("protocol"), PEOPLE)
 
 
-def test_both_backends_are_gallery_stores(tmp_path):
+def test_both_backends_are_gallery_stores(gallery_location, store_kind):
     from facenet_cli import Gallery, GalleryStore
 
-    with open_store(tmp_path / "a.gallery", create=True) as sqlite_store, \
+    with open_store(gallery_location, create=True) as built_in, \
             open_store("memory:conformance", create=True) as memory_store:
-        assert isinstance(sqlite_store, Gallery) and isinstance(memory_store, MemoryGallery)
-        assert isinstance(sqlite_store, GalleryStore) and isinstance(memory_store, GalleryStore)
+        assert isinstance(built_in, Gallery) == (store_kind == "sqlite") and isinstance(memory_store, MemoryGallery)
+        assert isinstance(built_in, GalleryStore) and isinstance(memory_store, GalleryStore)
     with pytest.raises(UsageError, match="No gallery store opens 'mysql://db/people'"):
         open_store("mysql://db/people")
 
 
-def test_a_store_of_another_backend_serves_add_identify_search_and_list(photos, tmp_path, run_cli):
-    """The same commands on a SQLite gallery and on the memory store name the same faces alike."""
+def test_a_store_of_another_backend_serves_add_identify_search_and_list(photos, gallery_location, run_cli):
+    """The same commands on a built-in store and on the memory store name the same faces alike."""
     from facenet_cli import identify, search_gallery
 
     known, queries = photos
-    sqlite_path = tmp_path / "people.gallery"
-    for location in (sqlite_path, "memory:people"):
+    built_in = gallery_location  # a SQLite file, then a PostgreSQL gallery
+    _MEMORY.pop("memory:people", None)  # made afresh for each store's run
+    for location in (built_in, "memory:people"):
         added = run_cli("gallery", "add", location, known, "--json")
         assert added.exit_code == 0, added.stderr
         assert json.loads(added.stdout)["counts"]["added"] == 3 * len(PEOPLE)
     assert not Path("memory:people").exists()  # the location never became a file
 
     listed = {}
-    for location in (sqlite_path, "memory:people"):
+    for location in (built_in, "memory:people"):
         result = run_cli("gallery", "list", location, "--json")
         assert result.exit_code == 0, result.stderr
         listed[str(location)] = json.loads(result.stdout)
-    assert listed["memory:people"]["people"] == listed[str(sqlite_path)]["people"] == \
+    assert listed["memory:people"]["people"] == listed[str(built_in)]["people"] == \
         [{"name": p, "faces": 3} for p in PEOPLE]
     assert listed["memory:people"]["gallery"] == "memory:people"
 
     cli_answers = {}
-    for location in (sqlite_path, "memory:people"):
+    for location in (built_in, "memory:people"):
         result = run_cli("identify", location, queries, "--json")
         assert result.exit_code == 0, result.stderr
         cli_answers[str(location)] = [(f["photo"], f["name"], round(f["distance"], 5))
                                       for f in json.loads(result.stdout)["faces"]]
-    assert cli_answers["memory:people"] == cli_answers[str(sqlite_path)]
+    assert cli_answers["memory:people"] == cli_answers[str(built_in)]
     assert sorted(name for _, name, _ in cli_answers["memory:people"]) == sorted(PEOPLE)
 
     # The library calls take an opened store as well as a location.
@@ -262,7 +265,7 @@ def test_a_store_of_another_backend_serves_add_identify_search_and_list(photos, 
         assert [f.answer.name for f in named.faces] == [name for _, name, _ in cli_answers["memory:people"]]
         query = next(queries.iterdir())
         from_memory = search_gallery(store, query, top=3, use_index="always")
-    from_file = search_gallery(sqlite_path, query, top=3, use_index="never")
+    from_file = search_gallery(built_in, query, top=3, use_index="never")
     assert from_memory.search == "index (exact)"
     assert [(m.person, m.source, round(m.distance, 5)) for m in from_memory.faces[0].matches] == \
         [(m.person, m.source, round(m.distance, 5)) for m in from_file.faces[0].matches]
@@ -308,6 +311,7 @@ def _sha256(path: Path) -> str:
 
 
 def test_a_gallery_of_the_previous_release_opens_as_it_is(tmp_path, run_cli):
+    """SQLite only: a file an earlier release wrote."""
     from facenet_cli import Gallery
     from facenet_cli.store.migrations import LATEST
 
@@ -337,6 +341,7 @@ def test_a_gallery_of_the_previous_release_opens_as_it_is(tmp_path, run_cli):
 
 
 def test_a_gallery_of_a_newer_facenet_is_refused_in_one_sentence(tmp_path, run_cli):
+    """SQLite only: a file's version row (PostgreSQL's: test_gallery_postgres.py, a busy gallery and a newer one)."""
     from facenet_cli import Gallery
     from facenet_cli.store.migrations import LATEST
 
@@ -357,7 +362,8 @@ def test_a_gallery_of_a_newer_facenet_is_refused_in_one_sentence(tmp_path, run_c
 
 def test_a_new_migration_is_applied_once_at_open(tmp_path, monkeypatch):
     """A later schema change is one more (number, function): applied to an older file when it is
-    opened for writing, in one transaction, and recorded; a file that cannot be written is refused."""
+    opened for writing, in one transaction, and recorded; a file that cannot be written is refused.
+    SQLite only: the SQLite file's migrations (PostgreSQL's are store/postgres_schema.py's)."""
     from facenet_cli import Gallery
     from facenet_cli.store import migrations
 
@@ -392,30 +398,29 @@ def test_a_new_migration_is_applied_once_at_open(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ changes, as the server sees them
 
 _ADD_FACE = (
-    "import sys, numpy as np\nfrom facenet_cli import Gallery\nfrom facenet_cli.models.catalogue import CATALOGUE\n"
+    "import sys, numpy as np\nfrom facenet_cli import open_store\nfrom facenet_cli.models.catalogue import CATALOGUE\n"
     "v = np.random.default_rng(int(sys.argv[3])).standard_normal(128).astype(np.float32)\n"
-    "with Gallery(sys.argv[1], create=True) as g:\n"
+    "with open_store(sys.argv[1], create=True) as g:\n"
     "    if g.model is None:\n"
     "        g.bind(CATALOGUE['dlib-resnet.v1'], 'dlib-resnet.v1', True)\n"
     "    g.add_face(sys.argv[2], v / np.linalg.norm(v), sys.argv[2] + '.jpg', str(sys.argv[3]) * 64)\n")
 
 
-def _add_in_another_process(gallery: Path, person: str, seed: int) -> None:
+def _add_in_another_process(gallery: str | Path, person: str, seed: int) -> None:
     subprocess.run([sys.executable, "-c", _ADD_FACE, str(gallery), person, str(seed)], cwd=ROOT, check=True,
                    timeout=120)
 
 
-def test_generation_moves_with_every_commit_and_with_nothing_else(tmp_path):
-    from facenet_cli import Gallery
-
-    path = tmp_path / "g.gallery"
-    with Gallery(path, create=True) as reader:  # opened before the file exists: an empty gallery in memory
+def test_generation_moves_with_every_commit_and_with_nothing_else(gallery_location, store_kind):
+    path = gallery_location
+    with open_store(path, create=True) as reader:  # opened before the gallery exists (SQLite: in memory, no file)
         first = reader.generation()
         assert reader.generation() == first
         _add_in_another_process(path, "Ada", 1)
         second = reader.generation()  # the file another program made is the one read now
         assert second != first and reader.people() == [("Ada", 1)]
-        os.utime(path, (time.time() + 60, time.time() + 60))  # file times are not what it watches
+        if store_kind == "sqlite":
+            os.utime(path, (time.time() + 60, time.time() + 60))  # file times are not what it watches
         assert reader.generation() == second
         _add_in_another_process(path, "Grace", 2)
         third = reader.generation()
@@ -424,13 +429,13 @@ def test_generation_moves_with_every_commit_and_with_nothing_else(tmp_path):
         assert reader.generation() not in (first, second, third)
 
 
-def test_the_server_notices_a_change_made_by_another_program(tmp_path, monkeypatch):
+def test_the_server_notices_a_change_made_by_another_program(gallery_location, store_kind, monkeypatch):
     import facenet_cli.serve.engine as engine_module
     from facenet_cli.serve.engine import Engine
 
     monkeypatch.setattr(engine_module, "GALLERY_POLL_S", 0.0)
-    path = tmp_path / "served.gallery"
-    engine = Engine(path)  # no file yet
+    path = gallery_location
+    engine = Engine(path)  # no gallery yet
     try:
         start = engine.view()
         assert start.people == [] and start.matcher is None
@@ -438,7 +443,8 @@ def test_the_server_notices_a_change_made_by_another_program(tmp_path, monkeypat
         seen = engine.view()
         assert seen.people == ["Ada"] and seen.version > start.version
         assert [p["name"] for p in engine.listing()["people"]] == ["Ada"]
-        os.utime(path, (time.time() + 60, time.time() + 60))
+        if store_kind == "sqlite":
+            os.utime(path, (time.time() + 60, time.time() + 60))
         assert engine.view().version == seen.version  # a touched file is not a changed gallery
         _add_in_another_process(path, "Grace", 4)
         assert engine.view().people == ["Ada", "Grace"]

@@ -1,6 +1,7 @@
 """How photos and embeddings reach a gallery: align's link policy for every photo reader, no face
 enrolled twice through another file of it, no file name that breaks a CSV, counts that add up.
-Real LFW photos, the real detector and network."""
+Real LFW photos, the real detector and network; each test that takes `gallery` or `galleries` runs
+on every store (a SQLite file, then PostgreSQL), the others hold no gallery."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from facenet_cli.store.registry import open_store
 from tests.helpers import copy_people, error_line
 
 PEOPLE = {"Colin_Powell": 2, "Tony_Blair": 2, "Serena_Williams": 2}
@@ -26,10 +28,8 @@ def add_json(run_cli, *args) -> dict:
     return report
 
 
-def people_of(path: Path) -> dict[str, int]:
-    from facenet_cli import Gallery
-
-    with Gallery(path) as gallery:
+def people_of(location) -> dict[str, int]:
+    with open_store(location) as gallery:
         return dict(gallery.people())
 
 
@@ -40,7 +40,8 @@ def known(lfw_images, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def enrolled(known, tmp_path_factory) -> Path:
-    """The six photos enrolled once, from their own folder's parent (sources relative)."""
+    """The six photos enrolled once (one network run), from their own folder's parent (sources
+    relative), in a SQLite file: `gallery` copies it into each store."""
     from facenet_cli.recognition.enrol import add_to_gallery
 
     path = tmp_path_factory.mktemp("gallery") / "people.gallery"
@@ -54,15 +55,15 @@ def enrolled(known, tmp_path_factory) -> Path:
     return path
 
 
-def copy_of(gallery: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "copy.gallery"
-    shutil.copy(gallery, copy)
-    return copy
+@pytest.fixture
+def gallery(enrolled, galleries) -> str:
+    """A fresh copy of the enrolled gallery, in each store in turn."""
+    return galleries.copy_of(enrolled)
 
 
 # ---------------------------------------------------------------- links: align's policy
 
-def test_links_to_folders_are_skipped_as_align_skips_them(known, tmp_path, run_cli):
+def test_links_to_folders_are_skipped_as_align_skips_them(known, galleries, tmp_path, run_cli):
     """`known/Ada/more -> ../Grace` lent Grace's photos to Ada, and `Good/loop -> ../..` walked
     ~40 levels; now neither is entered, each is a `skipped` outcome (as in align's report), a link
     to a photo is read as align reads it, and a photo outside every person's folder is skipped."""
@@ -76,7 +77,7 @@ def test_links_to_folders_are_skipped_as_align_skips_them(known, tmp_path, run_c
     (tree / "Ada" / "more").symlink_to("../Grace")
     (tree / "Good" / "loop").symlink_to("../..")
     shutil.copy(serena[1], tree / "loose.jpg")
-    gallery = tmp_path / "g.gallery"
+    gallery = galleries.new("g")
     report = add_json(run_cli, gallery, tree)
     assert people_of(gallery) == {"Ada": 2, "Grace": 2, "Good": 2}
     by_input = {Path(o["input"]).relative_to(tree).as_posix(): o for o in report["outcomes"]}
@@ -94,13 +95,13 @@ def test_links_to_folders_are_skipped_as_align_skips_them(known, tmp_path, run_c
     assert {k for k, o in by_input.items() if "link to a folder" in o["detail"]} == align_skipped
 
 
-def test_identify_does_not_enter_links_to_folders(enrolled, known, tmp_path, run_cli):
+def test_identify_does_not_enter_links_to_folders(gallery, known, tmp_path, run_cli):
     party = tmp_path / "party"
     party.mkdir()
     shutil.copy(sorted((known / "Tony_Blair").iterdir())[0], party / "one.jpg")
     (party / "elsewhere").symlink_to(known.resolve())  # would add six photos if followed
     (party / "loop").symlink_to("..")
-    result = run_cli("identify", enrolled, party, "--json")
+    result = run_cli("identify", gallery, party, "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert [f["photo"] for f in data["faces"]] == ["one.jpg"] and data["faces"][0]["name"] == "Tony_Blair"
@@ -111,7 +112,7 @@ def test_identify_does_not_enter_links_to_folders(enrolled, known, tmp_path, run
     only = tmp_path / "only"
     only.mkdir()
     (only / "elsewhere").symlink_to(known.resolve())
-    refused = run_cli("identify", enrolled, only)
+    refused = run_cli("identify", gallery, only)
     assert refused.exit_code == 2 and "link to a folder" in error_line(refused.stderr)
 
 
@@ -128,10 +129,9 @@ def test_cluster_photos_use_the_same_policy(known, tmp_path, run_cli):
 
 # ---------------------------------------------------------------- no face twice
 
-def test_represent_output_of_photos_in_the_gallery_adds_nothing(enrolled, known, tmp_path, run_cli):
+def test_represent_output_of_photos_in_the_gallery_adds_nothing(gallery, galleries, known, tmp_path, run_cli):
     """The issue's 15 -> 30: the crops `represent --photos` made of photos already in are other
     files (other SHA-256s), but their embeddings equal the gallery's: `duplicate`, not enrolled."""
-    gallery = copy_of(enrolled, tmp_path)
     reps = tmp_path / "reps"
     made = run_cli("represent", known, reps, "--photos", "--flip")
     assert made.exit_code == 0, made.stderr
@@ -148,15 +148,15 @@ def test_represent_output_of_photos_in_the_gallery_adds_nothing(enrolled, known,
     shutil.copytree(known / "Colin_Powell", mixed / "Colin_Powell")
     for crop in (reps / "aligned" / "Colin_Powell").iterdir():
         (mixed / "Colin_Powell" / f"z-{crop.name}").symlink_to(crop)
-    fresh = add_json(run_cli, tmp_path / "fresh.gallery", mixed)
+    fresh_gallery = galleries.new("fresh")
+    fresh = add_json(run_cli, fresh_gallery, mixed)
     assert fresh["counts"]["added"] == fresh["counts"]["duplicate"] == 2
-    assert people_of(tmp_path / "fresh.gallery") == {"Colin_Powell": 2}
+    assert people_of(fresh_gallery) == {"Colin_Powell": 2}
 
 
-def test_export_added_back_from_another_directory_adds_nothing(enrolled, tmp_path, run_cli, monkeypatch):
+def test_export_added_back_from_another_directory_adds_nothing(gallery, galleries, tmp_path, run_cli, monkeypatch):
     """The issue's 205 -> 410: the export's paths are relative to the directory the photos were
     added from; from anywhere else its rows were keyed by the vector's digest and enrolled again."""
-    gallery = copy_of(enrolled, tmp_path)
     exported = run_cli("gallery", "export", gallery, tmp_path / "export")
     assert exported.exit_code == 0, exported.stderr
     elsewhere = tmp_path / "elsewhere"
@@ -175,15 +175,16 @@ def test_export_added_back_from_another_directory_adds_nothing(enrolled, tmp_pat
     assert all("unverifiable duplicate" in o["detail"] for o in report["outcomes"])
     assert people_of(gallery) == PEOPLE
     # A new gallery made from it holds every face once.
-    fresh = add_json(run_cli, tmp_path / "fresh.gallery", tmp_path / "export")
-    assert fresh["counts"]["added"] == sum(PEOPLE.values()) and people_of(tmp_path / "fresh.gallery") == PEOPLE
+    fresh_gallery = galleries.new("fresh")
+    fresh = add_json(run_cli, fresh_gallery, tmp_path / "export")
+    assert fresh["counts"]["added"] == sum(PEOPLE.values()) and people_of(fresh_gallery) == PEOPLE
 
 
-def test_reps_rows_are_keyed_by_their_image_found_from_the_reps_folder(known, tmp_path, run_cli, monkeypatch):
+def test_reps_rows_are_keyed_by_their_image_found_from_the_reps_folder(known, galleries, tmp_path, run_cli,
+                                                                       monkeypatch):
     """A represent output read from another directory: its relative paths are found under the
     folder its meta.json records, so each row is keyed by its crop's SHA-256 (not the vector's
     digest) and those crops added later are the same images."""
-    from facenet_cli import Gallery
     from facenet_cli.models.hub import file_sha256
 
     work = tmp_path / "work"
@@ -194,10 +195,10 @@ def test_reps_rows_are_keyed_by_their_image_found_from_the_reps_folder(known, tm
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    gallery = tmp_path / "g.gallery"
+    gallery = galleries.new("g")
     assert add_json(run_cli, gallery, work / "reps")["counts"]["added"] == sum(PEOPLE.values())
     crops = {file_sha256(p) for p in (work / "reps" / "aligned").glob("*/*.png")}
-    with Gallery(gallery) as opened:
+    with open_store(gallery) as opened:
         assert {f.image_sha256 for f in opened.faces()} == crops
     report = add_json(run_cli, gallery, work / "reps" / "aligned")
     assert report["counts"]["already-in"] == sum(PEOPLE.values())
@@ -205,12 +206,12 @@ def test_reps_rows_are_keyed_by_their_image_found_from_the_reps_folder(known, tm
 
 # ---------------------------------------------------------------- names no CSV can carry
 
-def test_a_file_name_with_a_line_break_is_refused_at_enrolment(known, tmp_path, run_cli):
+def test_a_file_name_with_a_line_break_is_refused_at_enrolment(known, galleries, tmp_path, run_cli):
     tree = tmp_path / "known"
     shutil.copytree(known / "Colin_Powell", tree / "Colin_Powell")
     photo = sorted((known / "Tony_Blair").iterdir())[0]
     shutil.copy(photo, tree / "Colin_Powell" / "two\nlines.jpg")
-    gallery = tmp_path / "g.gallery"
+    gallery = galleries.new("g")
     report = add_json(run_cli, gallery, tree)
     refused = [o for o in report["outcomes"] if o["status"] == "bad-name"]
     assert len(refused) == 1 and refused[0]["input"].endswith("two\\nlines.jpg")
@@ -232,19 +233,16 @@ def test_a_file_name_with_a_line_break_is_refused_at_enrolment(known, tmp_path, 
     meta = json.loads((tmp_path / "reps" / "meta.json").read_text())
     meta.pop("image_sha256")
     (tmp_path / "reps" / "meta.json").write_text(json.dumps(meta))
-    fresh = add_json(run_cli, tmp_path / "fresh.gallery", tmp_path / "reps")
+    fresh = add_json(run_cli, galleries.new("fresh"), tmp_path / "reps")
     assert [o["status"] for o in fresh["outcomes"]] == ["bad-name"] + ["added"] * (len(rows) - 1)
     assert "\n" not in fresh["outcomes"][0]["input"] and "\r" not in fresh["outcomes"][0]["input"]
 
 
-def test_export_writes_a_gallery_holding_an_odd_source(enrolled, tmp_path, run_cli, monkeypatch):
+def test_export_writes_a_gallery_holding_an_odd_source(gallery, tmp_path, run_cli, monkeypatch):
     """A gallery enrolled before such names were refused holds a source with a line break; export
     refused the whole gallery. Now that row's path carries U+FFFD in place of the control
     character (the face keeps its person and image), and the export adds back as the same faces."""
-    from facenet_cli import Gallery
-
-    gallery = copy_of(enrolled, tmp_path)
-    with Gallery(gallery) as opened:
+    with open_store(gallery) as opened:
         vector = opened.enrolment().embeddings[0] * -1  # a face of its own
         opened.add_face("Tony_Blair", vector, "known/Tony_Blair/odd\nname\x1b.jpg", "ab" * 32)
         faces = len(opened)
@@ -258,5 +256,5 @@ def test_export_writes_a_gallery_holding_an_odd_source(enrolled, tmp_path, run_c
     monkeypatch.chdir(tmp_path)
     report = add_json(run_cli, gallery, tmp_path / "export")
     assert report["counts"]["already-in"] == faces
-    with Gallery(gallery) as opened:
+    with open_store(gallery) as opened:
         assert len(opened) == faces

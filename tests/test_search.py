@@ -59,7 +59,7 @@ def header_of(gallery: Path) -> dict:
 
 
 def search(gallery, query, face_pipeline, **options):
-    from facenet_cli.recognition.identify import search_gallery
+    from facenet_cli.recognition.search import search_gallery
 
     return search_gallery(gallery, query, pipeline=face_pipeline, **options)
 
@@ -261,7 +261,7 @@ def test_refine_by_person_makes_the_first_persons_faces_exact(grouped):
     faces of other people the index found stay in the list in distance order."""
     from types import SimpleNamespace
 
-    from facenet_cli.recognition.identify import refine_by_person
+    from facenet_cli.recognition.search import refine_by_person
 
     rng = np.random.default_rng(3)
     people = np.repeat(np.arange(6), 40)

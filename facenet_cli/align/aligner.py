@@ -11,7 +11,7 @@ import numpy as np
 
 from .specs import AlignSpec
 from ..choices import MAX_SIZE, MIN_SIZE, FacePolicy, Fallback, values
-from ..detect import FaceBox, FaceDetector, maps_to_dlib_5, to_dlib_5
+from ..detect import DEFAULT_DETECTOR, FaceBox, FaceDetector, maps_to_dlib_5, to_dlib_5
 from ..errors import MultipleFaces, NoFace, UsageError
 from ..models.resources import dlib_model_path, landmarks_file
 
@@ -144,7 +144,7 @@ class FaceAligner:
     """Detect, landmark and warp. Holds the dlib models: build once per process."""
 
     spec: AlignSpec
-    detector: str = "hog"  # a registered detector's name (detect.detector_names())
+    detector: str = DEFAULT_DETECTOR  # a registered detector's name (detect.detector_names())
     upsample: int | str = 1
     faces: str = "largest"
     fallback: str = "none"
@@ -183,6 +183,8 @@ class FaceAligner:
         return self._landmarks.shape(rgb, box)
 
     def align_box(self, rgb: np.ndarray, box: FaceBox, fallback: bool = False) -> AlignedFace:
+        if not fallback and self._detector_landmarks:
+            box = self._detector.with_points(rgb, [box])[0]
         shape = self._shape(rgb, box)
         return AlignedFace(warp(rgb, self.spec, shape), box, LandmarkPredictor.to_array(shape), fallback)
 
@@ -266,6 +268,9 @@ class FaceAligner:
         return self._align_boxes(rgb, chosen, fallback, clock)
 
     def _align_boxes(self, rgb: np.ndarray, chosen: list[FaceBox], fallback: bool, clock: "_Clock") -> list[AlignedFace]:
+        # Points the template uses (a fallback box is no detector's: dlib's predictor places its points)
+        if not fallback and self._detector_landmarks:
+            chosen = self._detector.with_points(rgb, chosen)
         shapes = [self._shape(rgb, box) for box in chosen]
         clock.lap("landmarks")
         faces = [AlignedFace(warp(rgb, self.spec, s), b, LandmarkPredictor.to_array(s), fallback)

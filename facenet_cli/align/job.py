@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable
 from .specs import AlignSpec
 from ..formats.aligned import (REPORT_FILE, STATUSES, AlignedFolder, FileOutcome, face_outputs,
                       name_problem, output_names, printable_name)
+from ..detect import DEFAULT_DETECTOR
 from ..atomic import remove_stale_temps, temp_path, write_bytes_atomic
 from ..errors import BadImage, DiskFull, FacenetError, MultipleFaces, NoFace, UsageError, write_error
 from ..executors import WorkersLost
@@ -57,7 +58,7 @@ class AlignJob:
     so a bad one fails before any model loads."""
 
     spec: AlignSpec
-    detector: str = "hog"
+    detector: str = DEFAULT_DETECTOR
     upsample: int | str = "auto"
     min_face: int | None = None  # narrowest face to find, photo pixels (None: what the detector reaches)
     faces: str = "largest"

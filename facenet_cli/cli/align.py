@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..choices import DEFAULT_MODEL, MAX_SIZE, MIN_SIZE, Detector, Executor, FacePolicy, Fallback, Landmarks, Upsample
+from ..choices import DEFAULT_MODEL, MAX_SIZE, MIN_SIZE, DefaultDetector, Executor, FacePolicy, Fallback, Landmarks, Upsample
 # ExecutorOption, AddressOption, WorkersOption: declared once in _app.py, for every batch command.
 from ._app import (MinFaceOption, AddressOption, DetectorOption, ExecutorOption, FacesOption, FallbackDirOption,  # noqa: F401
                    FallbackOption, JsonOption, ModelOption, QuietOption, UpsampleOption, WorkersOption, command,
@@ -42,7 +42,7 @@ def align_command(
     size: Annotated[Optional[int], typer.Option(
         "--size", min=MIN_SIZE, max=MAX_SIZE,
         help=f"Output side in pixels, {MIN_SIZE}-{MAX_SIZE} (default: the spec's, e.g. 96 or 150).")] = None,
-    detector: DetectorOption = Detector.hog,
+    detector: DetectorOption = DefaultDetector,
     upsample: UpsampleOption = Upsample.auto,
     min_face: MinFaceOption = None,
     faces: FacesOption = FacePolicy.largest,

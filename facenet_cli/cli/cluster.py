@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..choices import DEFAULT_MODEL, Detector, Executor, FacePolicy, Fallback, LinkMode, Precision, Upsample
+from ..choices import DEFAULT_MODEL, DefaultDetector, Executor, FacePolicy, Fallback, LinkMode, Precision, Upsample
 from ._app import (PrecisionOption, MinFaceOption, AddressOption, BatchSizeOption, DetectorOption, DeviceOption, ExecutorOption, FacesOption,
                    FallbackOption, FlipOption, JsonOption, ModelOption, QuietOption, UpsampleOption, WorkersOption,
                    command, console, err_console, open_executor, pipeline_options, print_json)
@@ -33,7 +33,7 @@ def cluster_command(
     precision: PrecisionOption = Precision.auto,
     batch_size: BatchSizeOption = 32,
     flip: FlipOption = True,  # the calibrated threshold was chosen on --flip embeddings
-    detector: DetectorOption = Detector.hog,
+    detector: DetectorOption = DefaultDetector,
     upsample: UpsampleOption = Upsample.auto,
     min_face: MinFaceOption = None,
     faces: FacesOption = FacePolicy.all,

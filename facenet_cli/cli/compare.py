@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..choices import DEFAULT_MODEL, Detector, Device, FacePolicy, Fallback, Precision, Upsample
+from ..choices import DEFAULT_MODEL, DefaultDetector, Device, FacePolicy, Fallback, Precision, Upsample
 from ._app import (MinFaceOption, DetectorOption, DeviceOption, FacesOption, FallbackDirOption, FallbackOption, FlipOption,
                    JsonOption, ModelOption, PrecisionOption, TTAOption, UpsampleOption, command, console,
                    err_console, load_pipeline, print_json)
@@ -21,7 +21,7 @@ def compare_command(
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = Device.auto,
     flip: FlipOption = False,
-    detector: DetectorOption = Detector.hog,
+    detector: DetectorOption = DefaultDetector,
     upsample: UpsampleOption = Upsample.auto,
     min_face: MinFaceOption = None,
     faces: FacesOption = FacePolicy.all,

@@ -8,7 +8,7 @@ from typing import Annotated, Callable, Optional
 import typer
 from rich.table import Table
 
-from ..choices import DEFAULT_MODEL, Detector, Executor, Fallback, GalleryFacePolicy, Precision, Upsample
+from ..choices import DEFAULT_MODEL, DefaultDetector, Executor, Fallback, GalleryFacePolicy, Precision, Upsample
 from ..errors import EXIT_NOTHING_FOUND
 from ._app import (PrecisionOption, INTERRUPTED, AddressOption, BatchSizeOption, DetectorOption, DeviceOption, ExecutorOption,
                    FacenetCommand, FacenetGroup, FallbackOption, GalleryArg, JsonOption, MinFaceOption, QuietOption,
@@ -46,7 +46,7 @@ def gallery_add_command(
     device: DeviceOption = "auto",
     precision: PrecisionOption = Precision.auto,
     batch_size: BatchSizeOption = 32,
-    detector: DetectorOption = Detector.hog,
+    detector: DetectorOption = DefaultDetector,
     upsample: UpsampleOption = Upsample.auto,
     min_face: MinFaceOption = None,
     faces: Annotated[GalleryFacePolicy, typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..choices import Detector, Executor, IdentifyMethod, IndexUse, Precision, Upsample
+from ..choices import DefaultDetector, Executor, IdentifyMethod, IndexUse, Precision, Upsample
 from ._app import (PrecisionOption, MinFaceOption, AddressOption, DetectorOption, DeviceOption, ExecutorOption, GalleryArg, JsonOption, QuietOption, TopOption,
                    UpsampleOption, WorkersOption, command, console, err_console, given_options, open_executor,
                    pipeline_options, print_json, refuse_together)
@@ -37,7 +37,7 @@ def identify_command(
         "--model", help="A catalogue name or checkpoint; must be the gallery's own model (the default).")] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = Precision.auto,
-    detector: DetectorOption = Detector.hog,
+    detector: DetectorOption = DefaultDetector,
     upsample: UpsampleOption = Upsample.auto,
     min_face: MinFaceOption = None,
     workers: WorkersOption = None,

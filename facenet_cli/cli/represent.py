@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..choices import DEFAULT_MODEL, Detector, Device, Executor, FacePolicy, Fallback, Precision, Upsample
+from ..choices import DEFAULT_MODEL, DefaultDetector, Device, Executor, FacePolicy, Fallback, Precision, Upsample
 from ._app import (MinFaceOption, AddressOption, BatchSizeOption, DetectorOption, DeviceOption, ExecutorOption, FacesOption,
                    FallbackDirOption, FallbackOption, FlipOption, JsonOption, ModelOption, PrecisionOption, QuietOption,
                    TTAOption, UpsampleOption, WorkersOption, command, console, err_console, given_options,
@@ -28,7 +28,7 @@ def represent_command(
         "--photos", help="ALIGNED holds raw photos: align them first (into OUT/aligned) with the model's own spec "
         "and the detection options below, as `facenet align` does.")] = False,
     workers: WorkersOption = None,
-    detector: DetectorOption = Detector.hog,
+    detector: DetectorOption = DefaultDetector,
     upsample: UpsampleOption = Upsample.auto,
     min_face: MinFaceOption = None,
     faces: FacesOption = FacePolicy.largest,

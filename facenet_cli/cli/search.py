@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..choices import Detector, IndexUse, Precision, Upsample
+from ..choices import DefaultDetector, IndexUse, Precision, Upsample
 from ._app import (PrecisionOption, MinFaceOption, DetectorOption, DeviceOption, GalleryArg, JsonOption, TopOption, UpsampleOption, command, console,
                    err_console, pipeline_options, print_json)
 
@@ -24,7 +24,7 @@ def search_command(
         "--model", help="A catalogue name or checkpoint; must be the gallery's own model (the default).")] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = Precision.auto,
-    detector: DetectorOption = Detector.hog,
+    detector: DetectorOption = DefaultDetector,
     upsample: UpsampleOption = Upsample.auto,
     min_face: MinFaceOption = None,
     as_json: JsonOption = False,
@@ -35,7 +35,7 @@ def search_command(
 
     Example: facenet search people.gallery someone.jpg --top 10
     """
-    from ..recognition.identify import search_gallery
+    from ..recognition.search import search_gallery
     from ..store.registry import open_store
 
     with open_store(gallery) as store:  # opened once, for the faces and the index alike

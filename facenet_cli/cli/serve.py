@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..choices import Detector, Device
+from ..choices import DefaultDetector, Device
 from ._app import DetectorOption, DeviceOption, MinFaceOption, command, console, err_console
 
 DEFAULT_GALLERY = Path("people.gallery")
@@ -14,9 +14,9 @@ DEFAULT_GALLERY = Path("people.gallery")
 
 @command
 def serve_command(
-    gallery: Annotated[Path, typer.Argument(
-        help="The gallery file (created when missing; `facenet gallery add` and `facenet identify` use the same "
-        "file).", dir_okay=False)] = DEFAULT_GALLERY,
+    gallery: Annotated[str, typer.Argument(  # text, not a Path, which would fold the `//` of a postgresql:// URL
+        help="The gallery: a file (created when missing; `facenet gallery add` and `facenet identify` use the same "
+        "file) or a URL, e.g. postgresql://user@host/db?gallery=people.", metavar="GALLERY")] = str(DEFAULT_GALLERY),
     host: Annotated[str, typer.Option(
         "--host", help="Address to listen on. 127.0.0.1 (the default) is this machine only; any other address "
         "requires a token on every request.")] = "127.0.0.1",
@@ -43,7 +43,7 @@ def serve_command(
         "answered, so that another site cannot reach the server by pointing its own name at it.",
         show_default=False)] = None,
     device: DeviceOption = Device.auto,
-    detector: DetectorOption = Detector.hog,
+    detector: DetectorOption = DefaultDetector,
     min_face: MinFaceOption = None,
 ) -> None:
     """Serve the live demo: the page streams the camera, the server names every face (or says unknown).

@@ -2,7 +2,8 @@
 detectors that find them, five landmarks).
 
 One file per detector in this package registers itself (`register_detector`, as catalogue.py
-registers models): `hog.py` (dlib's HOG, the default), `hog_fast.py` (its frontal filter first),
+registers models): `hog.py` (dlib's HOG), `hog_fast.py` (its frontal filter first), `hog_onet.py` (that
+with MTCNN's O-net for the landmarks: the default),
 `mmod.py` (dlib's CNN, and the hog+cnn cascade) and `mtcnn.py` (MTCNN in PyTorch, with five
 landmarks that the aligner maps to dlib's: `register_landmark_scheme`). A detector is one or
 more *stages* (`DetectorStage`: one search of one image at one upsampling level); `FaceDetector` runs them with
@@ -40,6 +41,9 @@ from ..errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
+
+# The detector every command uses unless told otherwise (docs/SPEED.md has the figures that chose it).
+DEFAULT_DETECTOR = "hog-onet"
 
 # "auto" tries without upsampling and upsamples only when nothing is found: HOG at upsample 1
 # costs about 4x upsample 0, and most photos' faces are big enough for upsample 0.
@@ -210,9 +214,17 @@ class DetectorStage:
     # CNN: 80), and whether the search starts at `min_face` when one is set (then it is the reach).
     reach: int = 80
     searches_from_min_face: bool = False
+    # Gives its landmarks only for the boxes the face policy chose (`points_for`), not with
+    # every box `find` returns: a landmark network run per box costs more than the search's
+    # spare boxes are worth (hog-onet).
+    points_on_demand: bool = False
 
     def find(self, rgb: np.ndarray, level: int) -> list[FaceBox]:
         raise NotImplementedError
+
+    def points_for(self, rgb: np.ndarray, boxes: list[FaceBox]) -> list[FaceBox]:
+        """`boxes` (in `rgb`'s coordinates) with their points, where `points_on_demand`."""
+        return boxes
 
     def find_narrow(self, rgb: np.ndarray, level: int) -> list[FaceBox]:
         return self.find(rgb, level)
@@ -230,6 +242,8 @@ class Detector(Protocol):
 
     def detect(self, rgb: np.ndarray, accept: Callable[[list[FaceBox]], list[FaceBox]] = ...,
                first_pass: bool = True) -> list[FaceBox]: ...
+
+    def with_points(self, rgb: np.ndarray, boxes: list[FaceBox]) -> list[FaceBox]: ...
 
 
 # ---------------------------------------------------------------- the registry
@@ -371,7 +385,7 @@ class FaceDetector:
     narrowest face (pixels of the photo) to report; narrower boxes are dropped, whatever the
     detector, and a detector with an image pyramid (mtcnn) looks no smaller (None: its default)."""
 
-    def __init__(self, kind: str = "hog", upsample: int | str = 1, upsample_budget: int | None = None,
+    def __init__(self, kind: str = DEFAULT_DETECTOR, upsample: int | str = 1, upsample_budget: int | None = None,
                  pixel_budget: int | None = None, first_pass_pixels: int | None = None,
                  min_face: int | None = None):
         if min_face is not None and (isinstance(min_face, bool) or not str(min_face).isdigit() or int(min_face) < 1):
@@ -440,6 +454,12 @@ class FaceDetector:
                 self.last_first_pass = "kept"
                 return chosen
         return []
+
+    def with_points(self, rgb: np.ndarray, boxes: list[FaceBox]) -> list[FaceBox]:
+        """The chosen `boxes` with their landmarks from a stage that gives them on demand (others
+        came with their points, or have none)."""
+        stage = next((s for s in self._stages.values() if s.points_on_demand), None)
+        return stage.points_for(rgb, boxes) if stage is not None and boxes else boxes
 
     def detect(self, rgb: np.ndarray, accept=lambda boxes: boxes, first_pass: bool = True) -> list[FaceBox]:
         """Boxes (in `rgb`'s coordinates) of the first stage and level for which `accept(boxes)`

@@ -1,4 +1,4 @@
-"""dlib's HOG face detector (`--detector hog`, the default): five linear filters (looking ahead,
+"""dlib's HOG face detector (`--detector hog`): five linear filters (looking ahead,
 left, right, and ahead but rotated left or right) over one image pyramid. Frontal faces of about
 80 px and up; ~9 ms a 250x250 LFW photo on one core. Big photos get the downscaled first pass."""
 from __future__ import annotations

@@ -43,15 +43,16 @@ def landmarks_file(points: int) -> str:
     return SHAPE_PREDICTOR_68 if points == 68 else SHAPE_PREDICTOR_5
 
 
-def align_model_files(spec: "AlignSpec", detector: str = "hog") -> list[str]:
+def align_model_files(spec: "AlignSpec", detector: str | None = None) -> list[str]:
     """The dlib files a FaceAligner(spec, detector) loads: the landmark predictor (also for the
     fallback boxes of a detector that gives landmarks), and the files the detector registered."""
-    from ..detect import detector_files
+    from ..detect import DEFAULT_DETECTOR, detector_files
 
+    detector = detector or DEFAULT_DETECTOR
     return [landmarks_file(spec.landmarks)] + [f for f in detector_files(detector) if f != landmarks_file(spec.landmarks)]
 
 
-def verify_align_models(spec: "AlignSpec", detector: str = "hog") -> list[Path]:
+def verify_align_models(spec: "AlignSpec", detector: str | None = None) -> list[Path]:
     """Check every file a FaceAligner(spec, detector) would load; call it before starting workers,
     so a damaged file is one sentence from the parent rather than a broken process pool."""
     return [dlib_model_path(name) for name in align_model_files(spec, detector)]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
+from .mtcnn_numpy import crops as _crops, read_weights  # noqa: F401 (read_weights: detect/mtcnn.py)
 
 # The reference MTCNN's settings.
 SCALE_FACTOR = 0.709  # between pyramid levels (about 1/sqrt(2): half the pixels per level)
@@ -139,18 +140,6 @@ class ONet(nn.Module):
         return self.box(x), self.points(x), F.softmax(self.face(x), dim=1)[:, 1]
 
 
-def read_weights(path) -> list:
-    """The arrays of one `.lz4` weights file (verify its checksum first: it is a pickle)."""
-    import joblib
-
-    try:
-        arrays = joblib.load(str(path))
-    except Exception as error:  # joblib raises many kinds on a damaged file
-        raise DataError(f"{path} is not an MTCNN weights file that joblib can read ({type(error).__name__}); "
-                        "reinstall mtcnn with `pip install --force-reinstall mtcnn==1.0.0`.") from None
-    return list(arrays) if isinstance(arrays, (list, tuple)) else arrays
-
-
 def normalize(rgb: np.ndarray) -> torch.Tensor:
     """An RGB uint8 (H, W, 3) image or a stack (N, H, W, 3) as the networks' NCHW input."""
     x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
@@ -204,29 +193,6 @@ def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     h = boxes[:, 3] - boxes[:, 1] + 1
     boxes[:, 0:4] += offsets * np.stack([w, h, w, h], axis=1)
     return boxes
-
-
-def _crops(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each box's pixels (zeros outside the image) resized to size x size, as float32, and the
-    indices of the boxes that have a positive width and height (the others are dropped). The
-    reference takes a box's pixels from (x1 - 1, y1 - 1) to (x2 - 1, y2 - 1) (its MATLAB
-    ancestry counts from 1); so do we, to give its boxes."""
-    import cv2
-
-    height, width = image.shape[:2]
-    out, kept = [], []
-    for k, (x1, y1, x2, y2) in enumerate(boxes[:, :4].astype(np.int64)):
-        w, h = x2 - x1 + 1, y2 - y1 + 1
-        if w <= 0 or h <= 0:
-            continue
-        tmp = np.zeros((h, w, 3), np.float32)
-        sx0, sy0 = max(x1 - 1, 0), max(y1 - 1, 0)
-        sx1, sy1 = min(x2, width), min(y2, height)  # exclusive ends of the source rows/columns
-        if sx1 > sx0 and sy1 > sy0:
-            tmp[sy0 - (y1 - 1):sy1 - (y1 - 1), sx0 - (x1 - 1):sx1 - (x1 - 1)] = image[sy0:sy1, sx0:sx1]
-        out.append(cv2.resize(tmp, (size, size), interpolation=cv2.INTER_AREA))
-        kept.append(k)
-    return (np.stack(out) if out else np.zeros((0, size, size, 3), np.float32)), np.asarray(kept, dtype=np.int64)
 
 
 def pyramid_scales(height: int, width: int, min_face: float, factor: float = SCALE_FACTOR) -> list[float]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from ..detect import DEFAULT_DETECTOR
 from ..errors import BadImage, MultipleFaces, NoFace
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 # fastest arithmetic that keeps LFW View 2 within 0.1 point of fp32 on this CPU (nets/precision.py;
 # fp32 on a GPU), resolved when the embedder is built; `pipeline.embedder.precision` says which.
 LIBRARY_DEFAULTS: dict[str, Any] = {
-    "detector": "hog", "upsample": "auto", "min_face": None, "faces": "all", "fallback": "none", "fallback_dir": None,
+    "detector": DEFAULT_DETECTOR, "upsample": "auto", "min_face": None, "faces": "all", "fallback": "none", "fallback_dir": None,
     "device": "auto", "precision": "auto", "tta": 0, "flip": False, "batch_size": 32, "workers": None,
     "executor": None, "engine": "torch",
 }
@@ -332,7 +333,7 @@ def _from_fallback_dir(path: Path, fallback_dir: str | Path, aligner: "FaceAlign
     return aligner.align_stand_in(Path(fallback_dir) / (path.name if path.is_absolute() else path))
 
 
-def make_aligner(spec: "AlignSpec", detector: str = "hog", upsample: int | str = 1, faces: str = "largest",
+def make_aligner(spec: "AlignSpec", detector: str = DEFAULT_DETECTOR, upsample: int | str = 1, faces: str = "largest",
                  fallback: str = "none", **budgets) -> "FaceAligner":
     """A FaceAligner (detector, landmarks, warp) for an alignment spec: the one place one is made.
     Pipelines call it with their model's spec, the align workers with their job's (`facenet

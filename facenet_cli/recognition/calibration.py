@@ -276,13 +276,19 @@ def _cache_file(key: tuple) -> Path:
     return cache_dir() / CACHE_SUBDIR / f"{hashlib.sha256(str(key[0]).encode()).hexdigest()[:32]}.json"
 
 
-def _read_cached(key: tuple, matcher: "Matcher") -> GalleryCalibration | None:
+def _read_cached(key: tuple, matcher: "Matcher | None") -> GalleryCalibration | None:
     """A calibration saved by an earlier command on this same gallery state (one file per gallery,
-    replaced when the gallery changes); None when absent, stale or unreadable."""
+    replaced when the gallery changes); None when absent, stale or unreadable. Without a matcher
+    (no faces read) the people's spreads and counts come from the file too."""
     try:
         saved = json.loads(_cache_file(key).read_text())
         if saved.get("key") != list(key):
             return None
+        if matcher is None:
+            return GalleryCalibration(np.asarray(saved["scores"], dtype=np.float64),
+                                      np.asarray(saved["chosen"], dtype=np.int64), list(saved["names"]),
+                                      np.asarray(saved["spreads"], dtype=np.float64),
+                                      np.asarray(saved["faces_per_person"], dtype=np.int64), saved.get("people", ""))
         enrolment = matcher.enrolment
         if saved["names"] != list(enrolment.names):
             return None
@@ -304,12 +310,27 @@ def _write_cached(key: tuple, calibration: GalleryCalibration) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"key": list(key), "names": calibration.names, "people": calibration.people,
                                  "scores": [float(s) for s in calibration.scores],
-                                 "chosen": [int(c) for c in calibration.chosen]})
+                                 "chosen": [int(c) for c in calibration.chosen],
+                                 "spreads": [float(s) for s in calibration.spreads],
+                                 "faces_per_person": [int(n) for n in calibration.faces_per_person]})
         saved = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
         for old in saved[:-DISK_CACHE_FILES]:
             old.unlink(missing_ok=True)
     except (OSError, ValueError):
         pass
+
+
+def cached_calibration(matcher, cohort: StrangerCohort, state: "GalleryState") -> GalleryCalibration | None:
+    """This gallery state's calibration from the caches alone, without its faces (a store that
+    searches in place, recognition/shortlist.py): None when it was not calibrated before.
+    `matcher`: anything with the Matcher's method, k and gate."""
+    key = calibration_key(matcher, cohort, state)
+    if key is None:
+        return None
+    got = _memory.get(key) or _read_cached(key, None)
+    if got is not None:
+        _remember(key, got)
+    return got
 
 
 def calibration_for(matcher: "Matcher", enrolment: "Enrolment", state: "GalleryState | None" = None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..errors import BadImage, DataError, MultipleFaces, NoFace, UsageError
+from ..errors import BadImage, DataError, MultipleFaces, NoFace, UsageError, WriteError
 from ..executors import get_executor
 from ..formats.aligned import printable_name
 from ..models.hub import file_sha256
@@ -132,6 +132,9 @@ def add_to_gallery(gallery: "GalleryStore | str | os.PathLike", inputs: list[str
             not_read += refused
 
     with opened_store(gallery, create=True, timeout=timeout) as gallery:
+        if gallery.read_only:  # before any photo is read, as a SQLite file refuses at open (a read-only role)
+            raise WriteError(f"The gallery {gallery.location} is read-only here (it can be listed, searched and "
+                             "exported, not added to); use one you may write.")
         report = AddReport(gallery.location, list(not_read))
         if reps_inputs:
             for folder in reps_inputs:

@@ -35,15 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-
 from ..errors import NothingFound, UsageError
 
 if TYPE_CHECKING:
     from ..executors import Executor
     from ..pipeline.face_pipeline import FacePipeline, PipelineOptions
     from ..progress import Progress
-    from ..store.types import Enrolment
     from ..pipeline.photos import PhotoListing
 
 # The matcher and its unknown gate live in matcher.py; re-exported here, where callers found them.
@@ -226,46 +223,66 @@ def identify(gallery_path: str | os.PathLike, inputs: Sequence[str | os.PathLike
     must be that model) and every face of a photo; `executor`/`workers` say where faces are
     found (default: one local process per CPU). The answers are the same whatever the executor.
     `use_index`: auto (the gallery's search index once exact matching would scan
-    face_index.INDEX_MIN_FACES vectors per face), always, or never. `progress`: per photo.
+    face_index.INDEX_MIN_FACES vectors per face), always, or never. With the index, a store that
+    searches in place (PostgreSQL) is asked for each face's shortlist and only the shortlisted
+    people's faces are read, once the gallery as it is now has been calibrated (shortlist.py);
+    the answers are those of the whole gallery read. `progress`: per photo.
     Photos without a face are in `problems` (check_found says when none held one).
     """
+    from ..store.registry import opened_store
+
     if top < 1:
         raise UsageError(f"--top must be at least 1, not {top}.")
     listing = photo_listing(inputs)
     photos = [path for path, _ in listing.photos]
-    state, enrolment = _load_gallery(gallery_path)
-    gm = enrolment.model
-    curve = curve_for_model(gm.record)
-    matcher = matcher_for(enrolment, method=method, far=far, threshold=threshold, k=k, curve=curve, calibrate=False)
-    method = matcher.method
-    pipeline = gallery_pipeline(gallery_path, gm, pipeline)
+    # Opened once: a store that searches in place is asked again for every face.
+    with opened_store(gallery_path) as store:
+        matcher, gm, search = _identify_matcher(store, method, far, threshold, k, use_index)
+        pipeline = gallery_pipeline(gallery_path, gm, pipeline)
+        curve = matcher.curve
+        if matcher.calibration is not None:
+            far_range = matcher.calibration.far_range
+        else:
+            far_range = (min(curve.fars), max(curve.fars)) if curve else None
+
+        result = Identification(shown_location(gallery_path), gm.name, matcher.method, matcher.size, matcher.threshold,
+                                matcher.far, matcher.gate, photos=listing.entries, far_range=far_range, search=search,
+                                operating_point=matcher.point)
+        # reported, so the photos' counts add up to the entries
+        for entry, label in zip(listing.refused, listing.refused_names()):
+            result.problems[label] = f"{entry.status}: {entry.detail}"
+        found = pipeline.iter_photos(photos, workers, embed=True, executor=executor, progress=progress)
+        for label, photo in zip(listing.names(), found):  # relative to the folder given
+            if photo.problem is not None:
+                result.problems[label] = photo.problem
+                continue
+            for index, (face, answer) in enumerate(zip(photo.faces, matcher.answer(photo.embeddings, top))):
+                box = (face.box.left, face.box.top, face.box.right, face.box.bottom)
+                result.faces.append(IdentifiedFace(label, index, box, answer))
+    return result
+
+
+def _identify_matcher(store, method, far, threshold, k, use_index):
+    """(matcher, the gallery's model, how people are shortlisted). A store that searches in place
+    whose gallery state is already calibrated is asked, not read, whenever the index would be used
+    (shortlist.py); otherwise the gallery is read whole, matched and calibrated as ever."""
+    from .shortlist import in_place_matcher
+
+    wants_index(use_index, 0)  # a wrong --index is refused first, whichever way the gallery is read
+    in_place = in_place_matcher(store, method=method, far=far, threshold=threshold, k=k,
+                                wants_index=lambda rows: wants_index(use_index, rows))
+    if in_place is not None:
+        return in_place, store.model, "index (database)"
+    state, enrolment = _load_gallery(store)
+    matcher = matcher_for(enrolment, method=method, far=far, threshold=threshold, k=k, calibrate=False)
     search = "exact"
-    if method != "svm" and wants_index(use_index, rows_scanned(enrolment, method)):
-        got = _index_for(gallery_path, state, enrolment)
+    if matcher.method != "svm" and wants_index(use_index, rows_scanned(enrolment, matcher.method)):
+        got = _index_for(store, state, enrolment)
         matcher.use_index(got.index)
         search = f"index ({got.status})"
     # The gate for this gallery, against the model's stranger cohort, scored as the queries will be.
     matcher.use_calibration(calibration_for(matcher, enrolment, state))
-    if matcher.calibration is not None:
-        far_range = matcher.calibration.far_range
-    else:
-        far_range = (min(curve.fars), max(curve.fars)) if curve else None
-
-    result = Identification(shown_location(gallery_path), gm.name, method, enrolment.size, matcher.threshold, matcher.far,
-                            matcher.gate, photos=listing.entries, far_range=far_range, search=search,
-                            operating_point=matcher.point)
-    # reported, so the photos' counts add up to the entries
-    for entry, label in zip(listing.refused, listing.refused_names()):
-        result.problems[label] = f"{entry.status}: {entry.detail}"
-    found = pipeline.iter_photos(photos, workers, embed=True, executor=executor, progress=progress)
-    for label, photo in zip(listing.names(), found):  # relative to the folder given
-        if photo.problem is not None:
-            result.problems[label] = photo.problem
-            continue
-        for index, (face, answer) in enumerate(zip(photo.faces, matcher.answer(photo.embeddings, top))):
-            box = (face.box.left, face.box.top, face.box.right, face.box.bottom)
-            result.faces.append(IdentifiedFace(label, index, box, answer))
-    return result
+    return matcher, enrolment.model, search
 
 
 def check_found(result: Identification) -> None:
@@ -302,157 +319,17 @@ def gallery_pipeline(gallery_path, gm, pipeline: "FacePipeline | PipelineOptions
     return built
 
 
-# ------------------------------------------------------------------ search: the most similar faces
+# ------------------------------------------------------------------ search (moved to search.py)
 
-@dataclass
-class FaceMatch:
-    face_id: int
-    person: str
-    source: str
-    distance: float  # squared L2
-
-    def to_dict(self) -> dict:
-        return {"face_id": self.face_id, "person": self.person, "source": self.source,
-                "distance": round(self.distance, 6)}
+# `facenet search` lives in search.py, which imports this module; its names are still found here,
+# where callers (and older scripts) looked for them, without an import cycle.
+_MOVED_TO_SEARCH = ("search_gallery", "search_vectors", "nearest_faces", "refine_by_person", "FaceMatch",
+                    "SearchedFace", "SearchResult")
 
 
-@dataclass
-class SearchedFace:
-    face: int
-    box: tuple[int, int, int, int]
-    matches: list[FaceMatch]
+def __getattr__(name: str):
+    if name in _MOVED_TO_SEARCH:
+        import importlib
 
-    def to_dict(self) -> dict:
-        return {"face": self.face, "box": list(self.box), "matches": [m.to_dict() for m in self.matches]}
-
-
-@dataclass
-class SearchResult:
-    gallery: str
-    photo: str
-    model: str
-    gallery_faces: int
-    top: int
-    search: str  # "exact", or "index (used|built|rebuilt)"
-    index_note: str = ""  # why a saved index was not used, when it was rebuilt
-    faces: list[SearchedFace] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"gallery": self.gallery, "photo": self.photo, "model": self.model, "gallery_faces": self.gallery_faces,
-                "top": self.top, "search": self.search, "index_note": self.index_note,
-                "faces_found": len(self.faces), "faces": [f.to_dict() for f in self.faces]}
-
-
-def nearest_faces(vectors: np.ndarray, enrolment: "Enrolment", top: int, index=None) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, K) face ids and squared L2 distances of each vector's `top` nearest gallery faces, by
-    the index when given, else exactly; best first (-1 / inf pad when the gallery is smaller)."""
-    if index is not None:
-        return refine_by_person(vectors, *index.search(vectors, top), enrolment, top)
-    from ..nets.embedder import squared_distances
-
-    d = squared_distances(np.atleast_2d(vectors), enrolment.embeddings)
-    k = min(top, d.shape[1])
-    part = np.argpartition(d, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(part, np.argsort(np.take_along_axis(d, part, 1), axis=1, kind="stable"), 1)
-    ids = np.full((len(d), top), -1, dtype=np.int64)
-    dist = np.full((len(d), top), np.inf, dtype=np.float32)
-    ids[:, :k] = enrolment.face_ids[order]
-    dist[:, :k] = np.take_along_axis(d, order, 1)
-    return ids, dist
-
-
-def refine_by_person(vectors: np.ndarray, ids: np.ndarray, distances: np.ndarray, enrolment, top: int,
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """An index's answer made exact within the person it names first: the face the graph search
-    found first is nearly always of the right person (0.999 of "new photo" queries on a million
-    faces) but not always that person's nearest face, among the many near-identical photos of one
-    person. So every face of that person is scored exactly and merged with the index's other
-    hits; recall@1 against exact search then follows the person, not the graph's luck.
-    `enrolment` needs embeddings (unit rows), person_index and face_ids."""
-    ids, distances = ids.copy(), distances.copy()
-    rows_of_person, id_order, sorted_ids = _person_lookup(enrolment)
-    for row, vector in enumerate(np.atleast_2d(np.asarray(vectors, dtype=np.float32))):
-        first = ids[row, 0]
-        if first < 0:
-            continue
-        at = int(np.searchsorted(sorted_ids, first))
-        if at >= len(sorted_ids) or sorted_ids[at] != first:
-            continue  # the gallery changed under the index: keep the index's answer
-        rows = rows_of_person[int(enrolment.person_index[id_order[at]])]
-        # Unit rows: squared L2 = 2 - 2 cos, in float32 as the index computes it (one person's
-        # faces can be tens of thousands in a big gallery; float64 copies would cost milliseconds).
-        exact = np.maximum(2.0 - 2.0 * (enrolment.embeddings[rows] @ vector), 0.0)
-        near = np.argpartition(exact, top - 1)[:top] if len(exact) > top else np.arange(len(exact))
-        # only the person's `top` nearest can make the list
-        rows = near + rows.start if isinstance(rows, slice) else rows[near]
-        exact = exact[near]
-        person_ids = enrolment.face_ids[rows]
-        others = (ids[row] >= 0) & ~np.isin(ids[row], person_ids)
-        merged_ids = np.concatenate([person_ids, ids[row][others]])
-        merged_d = np.concatenate([exact.astype(np.float32), distances[row][others]])
-        best = np.lexsort((merged_ids, merged_d))[:top]
-        ids[row, :len(best)] = merged_ids[best]
-        distances[row, :len(best)] = merged_d[best]
-    return ids, distances
-
-
-def _person_lookup(enrolment) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Each person's rows in the enrolment arrays (a slice where they are contiguous, as a
-    gallery's are: its faces come ordered by person, so scoring a person copies nothing), and
-    face id -> row by binary search; cached on the enrolment, built once per loaded gallery."""
-    cached = getattr(enrolment, "_person_lookup", None)
-    if cached is None:
-        people = enrolment.person_index
-        order = np.argsort(people, kind="stable")
-        bounds = np.searchsorted(people[order], np.arange(int(people.max()) + 2))
-        if np.all(np.diff(people) >= 0):
-            rows = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(bounds) - 1)]
-        else:
-            rows = [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
-        id_order = np.argsort(enrolment.face_ids, kind="stable")
-        cached = (rows, id_order, enrolment.face_ids[id_order])
-        enrolment._person_lookup = cached
-    return cached
-
-
-def search_gallery(gallery_path: str | os.PathLike, photo: str | os.PathLike, *, top: int = 5,
-                   use_index: str = "auto",
-                   pipeline: "FacePipeline | PipelineOptions | None" = None) -> SearchResult:
-    """`facenet search GALLERY PHOTO --top K`: for every face in the photo, the K most similar
-    faces of the gallery (distance, person, source). `pipeline`: as identify's (the gallery's
-    model and flip, every face). `use_index`: auto (the gallery's search index from
-    face_index.INDEX_MIN_FACES faces on), always, or never (an exact scan). NothingFound when
-    the photo holds no face."""
-    from ..store.registry import opened_store
-    from ..images import read_rgb
-
-    if top < 1:
-        raise UsageError(f"--top must be at least 1, not {top}.")
-    path = Path(photo)
-    if not path.exists():
-        raise UsageError(f"{path} does not exist; check the path.")
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; give one photo to search with (identify takes folders).")
-    state, enrolment = _load_gallery(gallery_path)
-    gm = enrolment.model
-    run_index = wants_index(use_index, len(enrolment.face_ids))
-    pipeline = gallery_pipeline(gallery_path, gm, pipeline)
-    found = pipeline.faces(read_rgb(path))
-    if not found:
-        raise NothingFound(f"No face was found in {path}, so there is nothing to search for; give a photo with a "
-                           "face (or a sharper, larger one).")
-    vectors = pipeline.embed([f.image for f in found])
-    result = SearchResult(shown_location(gallery_path), str(path), gm.name, len(enrolment.face_ids), top, "exact")
-    index = None
-    if run_index:
-        got = _index_for(gallery_path, state, enrolment)
-        index, result.search, result.index_note = got.index, f"index ({got.status})", got.reason
-    ids, distances = nearest_faces(vectors, enrolment, top, index)
-    with opened_store(gallery_path) as gallery:
-        faces = gallery.faces_by_id(ids[ids >= 0])
-    for number, (face, row_ids, row_d) in enumerate(zip(found, ids, distances)):
-        matches = [FaceMatch(int(i), faces[int(i)].person, faces[int(i)].source, float(d))
-                   for i, d in zip(row_ids, row_d) if i >= 0 and int(i) in faces]
-        box = (face.box.left, face.box.top, face.box.right, face.box.bottom)
-        result.faces.append(SearchedFace(number, box, matches))
-    return result
+        return getattr(importlib.import_module(f"{__package__}.search"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

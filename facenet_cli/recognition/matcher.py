@@ -199,11 +199,14 @@ class Matcher:
 
     `index` (a face_index.FaceIndex over the enrolment's face ids), when given, shortlists the
     people each query is compared with (see MIN_CANDIDATES); `svm` always scores everyone.
+    `people`: the gallery's number of people when `enrolment` holds only the people an index
+    shortlisted (a store that searches in place, recognition/shortlist.py): the threshold, the
+    shortlist's depth and the gate are then those of the whole gallery.
     """
 
     def __init__(self, enrolment: "Enrolment", method: str = "mean", far: float | None = None,
                  threshold: float | None = None, curve: OperatingCurve | None = None, k: int = DEFAULT_KNN,
-                 gate: dict | None = None, index=None):
+                 gate: dict | None = None, index=None, people: int | None = None):
         if method not in METHODS:
             raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {method!r}.")
         if far is not None and threshold is not None:
@@ -214,7 +217,7 @@ class Matcher:
         self.k = k
         self.curve = curve
         self.gate = dict(gate if gate is not None else (curve.gate if curve else {"basis": "nearest"}))
-        self.size = enrolment.size
+        self.size = enrolment.size if people is None else people
         self.templates = person_templates(enrolment)
         self.spreads = person_spreads(enrolment)
         if threshold is not None:
@@ -298,11 +301,15 @@ class Matcher:
                 return rows, people
             depth *= 4
 
+    def people_needed(self) -> int:
+        """How many people an index's shortlist must hold for each query (MIN_CANDIDATES)."""
+        return min(self.size, max(MIN_CANDIDATES, int(self.gate.get("cohort", 1)) + 1,
+                                  int(self.gate.get("znorm") or 0) + 1, self.k + 1))
+
     def _shortlisted_distances(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         from ..nets.embedder import squared_distances
 
-        need = min(self.size, max(MIN_CANDIDATES, int(self.gate.get("cohort", 1)) + 1,
-                                  int(self.gate.get("znorm") or 0) + 1, self.k + 1))
+        need = self.people_needed()
         mean_d = np.full((len(queries), self.size), np.inf)
         nearest_d = np.full((len(queries), self.size), np.inf) if self._needs_nearest() else None
         for i, query in enumerate(queries):

@@ -68,6 +68,7 @@ def run_server(gallery: str | os.PathLike, *, host: str = "127.0.0.1", port: int
         sock.close()
         raise UsageError(f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host.") from None
     port = sock.getsockname()[1]
+    sock.listen(2048)  # before the URL is printed: a script connecting at once waits in the backlog, not refused
     # The app knows the port it serves: a Host header naming another one is not for this server.
     config = ServeConfig(token=token, workers=workers, host=host, port=port, allowed_hosts=allowed_hosts)
     app = create_app(engine, config)

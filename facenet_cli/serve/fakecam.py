@@ -34,6 +34,20 @@ def compose_frame(photos: Sequence[np.ndarray], side: int, *, width: int = FRAME
     return frame
 
 
+def compose_scene(tiles: Sequence[tuple[np.ndarray, int, int, int]], *, width: int = FRAME_WIDTH,
+                  height: int = FRAME_HEIGHT, background: int = 60) -> np.ndarray:
+    """An RGB frame with photos of different sizes where they are put: each tile is
+    (photo, side, left, top), the photo scaled to `side` x `side` (people near and far)."""
+    import cv2
+
+    frame = np.full((height, width, 3), background, dtype=np.uint8)
+    for photo, side, left, top in tiles:
+        if left < 0 or top < 0 or left + side > width or top + side > height:
+            raise ValueError(f"a {side} px photo at ({left}, {top}) does not fit a {width}x{height} frame")
+        frame[top:top + side, left:left + side] = cv2.resize(photo, (side, side), interpolation=cv2.INTER_CUBIC)
+    return frame
+
+
 def write_y4m(path: str | os.PathLike, frames_rgb: Iterable[np.ndarray], fps: int = 10) -> int:
     """Write RGB frames (all the same size, even sides) as YUV4MPEG2 4:2:0; the number written."""
     import cv2

@@ -8,10 +8,12 @@ programs on several machines read and write one gallery at once; every write is 
 that first locks the gallery's `generation` row, so writers take turns, each bumps the generation
 and replaces the revision (what `generation()` reads: one indexed row), and a writer killed
 mid-batch leaves nothing of its batch. Nearest faces are shortlisted in the database (HNSW on
-inner product, pgvector) and ranked by exact distances here. A role with SELECT only reads
-(identify, search, list, export); its writes are refused in one sentence. The model is bound
-with the first faces, in their transaction, so a `gallery add` that enrols nothing leaves the
-gallery unbound, as a new SQLite gallery leaves no file. Thumbnails are rows of `thumbs`.
+inner product, pgvector) and ranked by exact distances here; the store searches in place
+(protocol.SearchesInPlace), so search and identify read only the shortlisted people's faces.
+A role with SELECT only reads (identify, search, list, export); its writes are refused in one
+sentence. The model is bound with the first faces, in their transaction, so a `gallery add` that
+enrols nothing leaves the gallery unbound, as a new SQLite gallery leaves no file. Thumbnails
+are rows of `thumbs`.
 
 Passwords: the location a store shows (`location`, str(), every message) has its password
 masked (registry.shown_location); libpq reads PGPASSWORD, ~/.pgpass and service files itself.
@@ -31,8 +33,9 @@ import numpy as np
 from ..errors import DataError, FacenetError, UsageError, WriteError
 from .migrations import FORMAT
 from .names import name_keys, normalise_name, valid_face_id
-from .postgres_schema import (LATEST, SEARCH_INDEX, applied_version, create_search_index, fix_dimension,
-                              has_search_index, migrate, refuse_newer, split_location, tables)
+from .postgres_schema import (LATEST, SEARCH_INDEX, applied_version, create_search_index, face_count_sql,
+                              fix_dimension, fold_face_count, has_search_index, migrate, refuse_newer,
+                              split_location, tables)
 from .registry import URL_USER_PASSWORD, register_store, shown_location
 from .sqlite_file import generation_in, model_from_info
 from .types import (DEFAULT_TIMEOUT, Enrolment, ExactIndex, Face, GalleryModel, GalleryState, IndexUse, enrolment_of,
@@ -43,7 +46,9 @@ if TYPE_CHECKING:  # annotations only
 
 # pgvector's HNSW search returns at most hnsw.ef_search rows (1000 at most): deeper asks scan exactly.
 MAX_EF_SEARCH = 1000
-MIN_EF_SEARCH = 100
+# The search depth even for one answer: at a million faces (benchmarks/gallery_postgres.py) 100 found
+# the exact first face for 97.4% of new photos, 200 for 99.7%, for ~1.7 ms more a query.
+MIN_EF_SEARCH = 200
 # A batch this big into an empty gallery (`gallery copy`, a big first `gallery add`) is loaded
 # without the HNSW index, which keep_index_current then builds in one go: several times faster
 # than growing the graph face by face (benchmarks/gallery_postgres.py: build vs REINDEX).
@@ -132,6 +137,13 @@ class PostgresGallery:
                 raise DataError(f"The gallery {self._shown} was written by an earlier facenet and must be upgraded "
                                 "once by a role that can write it; open it once for writing.")
             migrate(self.db, self.schema, self._shown)
+        # The kept face count (postgres_schema._v2_face_count); a role granted SELECT on the older
+        # tables one by one, not on it (or a damaged gallery opened to salvage), counts the faces instead.
+        readable = self.db.execute("SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_catalog.pg_class c JOIN "
+                                   "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
+                                   "c.relname = 'face_count_deltas'", (self.schema,)).fetchone()
+        self._face_count = face_count_sql(self.schema) if readable and readable[0] and version is not None \
+            else f"(SELECT count(*) FROM {self._t['faces']})"
 
     # -- lifecycle
 
@@ -267,7 +279,7 @@ class PostgresGallery:
 
     def __len__(self) -> int:
         with self._sql("read"):
-            return int(self.db.execute(f"SELECT count(*) FROM {self._t['faces']}").fetchone()[0])
+            return int(self.db.execute(f"SELECT {self._face_count}").fetchone()[0])
 
     def has_image(self, image_sha256: str) -> bool:
         with self._sql("read"):
@@ -293,7 +305,9 @@ class PostgresGallery:
             return self._state_in(self._info())
 
     def _state_in(self, info: dict[str, str]) -> GalleryState:
-        count, max_id = self.db.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {self._t['faces']}").fetchone()
+        # One statement, one snapshot: the count and the last id agree.
+        count, max_id = self.db.execute(f"SELECT {self._face_count}, "
+                                        f"(SELECT coalesce(max(id), 0) FROM {self._t['faces']})").fetchone()
         dim = 0
         if "model" in info:
             try:
@@ -352,6 +366,36 @@ class PostgresGallery:
                 ids[row, :len(found)] = np.array([r[0] for r in found])[order]
                 distances[row, :len(found)] = d[order]
         return ids, distances
+
+    def nearest_exact(self, vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per vector, (face ids, embeddings) of its k nearest faces by an exact scan in the database
+        (SearchesInPlace): ordered by L2 distance, which the inner-product HNSW index cannot serve,
+        so every face is compared there and only k rows come back."""
+        found = []
+        with self._sql("read"):
+            cursor = self.db.cursor(binary=True)
+            for query in np.atleast_2d(np.asarray(vectors, dtype=np.float32)):
+                cursor.execute(f"SELECT id, embedding FROM {self._t['faces']} ORDER BY embedding <-> %b LIMIT %b",
+                               (query, int(k)))
+                rows = cursor.fetchall()
+                found.append((np.array([r[0] for r in rows], dtype=np.int64),
+                              np.stack([r[1].to_numpy() for r in rows]) if rows else np.zeros((0, len(query)))))
+        return found
+
+    def people_enrolment(self, face_ids) -> Enrolment | None:
+        """Every face of the people owning these faces, ordered as enrolment() orders the gallery's
+        (SearchesInPlace); None when none of the ids is in the gallery."""
+        wanted = sorted({int(i) for i in face_ids if valid_face_id(int(i))})
+        if not wanted:
+            return None
+        model = self.model
+        with self._sql("read"):
+            cursor = self.db.cursor(binary=True)
+            cursor.execute(f"SELECT f.id, p.name, f.embedding FROM {self._t['faces']} f JOIN {self._t['people']} p "
+                           f"ON p.id = f.person_id WHERE f.person_id IN (SELECT person_id FROM {self._t['faces']} "
+                           'WHERE id = ANY(%s)) ORDER BY p.name COLLATE "C", f.id', (wanted,))
+            rows = [(r[0], r[1], r[2].to_numpy()) for r in cursor]
+        return enrolment_of(rows, model, self._shown) if rows else None
 
     # -- writing
 
@@ -437,6 +481,7 @@ class PostgresGallery:
             self.db.cursor().executemany(
                 f"UPDATE {info_table} SET value = %s WHERE key = %s",
                 [(str(max(generation_in(info), 0) + 1), "generation"), (uuid.uuid4().hex, "revision")])
+            fold_face_count(self.db, self.schema)
             self.db.execute("COMMIT")
 
     def keep_index_current(self) -> str:
@@ -448,7 +493,13 @@ class PostgresGallery:
             if has_search_index(self.db, self.schema) or "model" not in self._info():
                 return "none"
             self.db.execute("BEGIN")
-            self.db.execute("SET LOCAL maintenance_work_mem = '1GB'")  # the graph of a million faces fits
+            # pgvector builds fast only while the whole graph fits in maintenance_work_mem (1.7 KB a face at
+            # m=32, measured); each face past it is inserted on disk, ~100 times slower. Raise it, never lower.
+            faces = self.db.execute(f"SELECT {self._face_count}").fetchone()[0]
+            need_kb = 65536 + 2 * int(faces)
+            if need_kb > int(self.db.execute("SELECT setting FROM pg_settings "
+                                              "WHERE name = 'maintenance_work_mem'").fetchone()[0]):
+                self.db.execute(f"SET LOCAL maintenance_work_mem = '{need_kb}kB'")
             create_search_index(self.db, self.schema)
             self.db.execute("COMMIT")
         return "built"

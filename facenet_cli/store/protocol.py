@@ -140,3 +140,28 @@ class GalleryStore(Protocol):
     def __enter__(self) -> "GalleryStore": ...
 
     def __exit__(self, *exc) -> None: ...
+
+
+@runtime_checkable
+class SearchesInPlace(Protocol):
+    """What a store adds when its own index answers nearest-neighbour queries where the faces are
+    kept (PostgreSQL: HNSW in the database), so search and identify read only the faces of the
+    people a query is shortlisted to, never the whole gallery (recognition/search.py). Optional:
+    a store without it (the SQLite file, whose faiss index lives in this process) is read whole
+    through `snapshot()`. Apart from the GalleryStore protocol, so a store need not implement it."""
+
+    def nearest(self, vectors: "np.ndarray", k: int) -> "tuple[np.ndarray, np.ndarray]":
+        """As GalleryStore.nearest: the index's shortlist, ranked by exact distances."""
+
+    def nearest_exact(self, vectors: "np.ndarray", k: int) -> "list[tuple[np.ndarray, np.ndarray]]":
+        """Per vector, (face ids, embeddings) of its k nearest faces by an exact scan in the store
+        (no index), for the caller to rank by its own exact distances."""
+
+    def people_enrolment(self, face_ids: "np.ndarray") -> "Enrolment | None":
+        """Every face of the people these faces belong to, as an Enrolment (people sorted by name,
+        their faces by id, as `enrolment()` orders them); None when none of the ids is in the gallery."""
+
+
+def searches_in_place(store: object) -> bool:
+    """Whether `store` answers nearest-neighbour queries without being read whole (SearchesInPlace)."""
+    return isinstance(store, SearchesInPlace)
