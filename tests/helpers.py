@@ -44,3 +44,18 @@ def error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+def unit_vectors(n: int, seed: int, dim: int = 128):
+    """n random unit rows: stand-ins for embeddings where a store test is not about the network."""
+    import numpy as np
+
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def dlib_record():
+    """The default model's catalogue record (what a gallery binds to)."""
+    from facenet_cli.models.catalogue import CATALOGUE
+
+    return CATALOGUE["dlib-resnet.v1"]

@@ -26,20 +26,10 @@ from tests.gallery_stores import as_role as _as_role
 from tests.gallery_stores import new_postgres_gallery, with_gallery
 from tests.gallery_stores import read_only_url as _reader
 from tests.gallery_stores import run_sql as _sql
-from tests.helpers import error_line, known_and_queries
+from tests.helpers import dlib_record as _record
+from tests.helpers import error_line, known_and_queries, unit_vectors
 
 DIM = 128
-
-
-def unit_vectors(n: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def _record():
-    from facenet_cli.models.catalogue import CATALOGUE
-
-    return CATALOGUE["dlib-resnet.v1"]
 
 
 # ------------------------------------------------------------------ the contract, on both stores

@@ -18,19 +18,8 @@ import pytest
 from facenet_cli.store.registry import open_store
 from tests.conftest import ROOT
 from tests.gallery_stores import as_role, new_postgres_gallery, read_only_url, run_sql
-
-DIM = 128
-
-
-def unit_vectors(n: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def _record():
-    from facenet_cli.models.catalogue import CATALOGUE
-
-    return CATALOGUE["dlib-resnet.v1"]
+from tests.helpers import dlib_record as _record
+from tests.helpers import unit_vectors
 
 
 def _schema(location: str) -> str:
