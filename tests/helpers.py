@@ -14,6 +14,14 @@ def copy_people(lfw_images: Path, dest: Path, people: dict[str, int]) -> Path:
     return dest
 
 
+def copy_photos(photos, dest: Path) -> Path:
+    """Copy LFW photo files into dest/<person>/<file>, as a RAW tree for `facenet align`."""
+    for path in photos:
+        (dest / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest / path.parent.name / path.name)
+    return dest
+
+
 def known_and_queries(lfw_images: Path, root: Path, people) -> tuple[Path, Path]:
     """root/known/<person>/ with each person's first three LFW photos, root/queries/ with their fourth."""
     copy_people(lfw_images, root / "all", {p: 4 for p in people})

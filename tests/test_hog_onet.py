@@ -4,7 +4,6 @@ cascade gives, nearer than dlib's predictor on the same box), a box O-net does n
 falls back to dlib's predictor, and the CLI aligns with it."""
 from __future__ import annotations
 
-import shutil
 
 import cv2
 import numpy as np
@@ -14,6 +13,8 @@ from facenet_cli.align.aligner import FaceAligner
 from facenet_cli.align.specs import get_spec
 from facenet_cli.detect import MTCNN_5, FaceBox, FaceDetector
 from facenet_cli.images import read_rgb
+
+from .helpers import copy_photos
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +80,7 @@ def test_a_box_onet_does_not_take_for_a_face_gets_the_predictors_points(photos, 
 
 
 def test_align_with_hog_onet_through_the_cli(run_cli, photos, tmp_path):
-    raw = tmp_path / "raw"
-    for path in photos[:3]:
-        (raw / path.parent.name).mkdir(parents=True)
-        shutil.copy(path, raw / path.parent.name / path.name)
+    raw = copy_photos(photos[:3], tmp_path / "raw")
     done = run_cli("align", raw, tmp_path / "out", "--detector", "hog-onet")
     assert done.exit_code == 0, done.output
     assert len(sorted((tmp_path / "out").rglob("*.png"))) == 3

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import shutil
 import sys
 import types
 import warnings
@@ -19,7 +18,7 @@ from facenet_cli.errors import ChecksumMismatch, UsageError
 from facenet_cli.images import read_rgb
 from facenet_cli.models import hub, resources
 
-from .helpers import error_line
+from .helpers import copy_photos, error_line
 
 
 def _package_file(package: str, name: str) -> Path:
@@ -215,10 +214,7 @@ def test_a_small_face_in_a_camera_frame_is_found_by_mtcnn_not_by_hog(lfw_photos)
 
 
 def test_align_with_mtcnn_through_the_cli(run_cli, lfw_photos, tmp_path):
-    raw = tmp_path / "raw"
-    for path in lfw_photos[:3]:
-        (raw / path.parent.name).mkdir(parents=True)
-        shutil.copy(path, raw / path.parent.name / path.name)
+    raw = copy_photos(lfw_photos[:3], tmp_path / "raw")
     done = run_cli("align", raw, tmp_path / "out", "--detector", "mtcnn")
     assert done.exit_code == 0, done.output
     crops = sorted((tmp_path / "out").rglob("*.png"))

@@ -98,7 +98,8 @@ def _mtcnn_model():
 
 @lru_cache(maxsize=None)
 def _load(pnet: str, rnet: str, onet: str, *mtimes: int):
-    from ..nets.mtcnn import Mtcnn, read_weights
+    from ..nets.mtcnn import Mtcnn
+    from ..nets.mtcnn_numpy import read_weights
 
     return Mtcnn(read_weights(pnet), read_weights(rnet), read_weights(onet))
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
-from .mtcnn_numpy import crops as _crops, read_weights  # noqa: F401 (read_weights: detect/mtcnn.py)
+from .mtcnn_numpy import crops as _crops
 
 # The reference MTCNN's settings.
 SCALE_FACTOR = 0.709  # between pyramid levels (about 1/sqrt(2): half the pixels per level)
