@@ -118,6 +118,30 @@ def test_numpy_onet_gives_the_pytorch_ports_outputs_on_real_faces(photos):
     assert (face > 0.9).sum() >= 6  # faces: the comparison covers real outputs
 
 
+def test_onet_in_pytorch_where_torch_is_loaded_places_the_numpy_points(photos):
+    """Commands that embed have torch imported: O-net then runs in the PyTorch port, a photo's
+    faces in one batch; the points are those of the numpy O-net."""
+    import torch  # noqa: F401 (what the embedding commands have loaded)
+
+    from facenet_cli.detect.hog_onet import HogOnetStage
+
+    stage = HogOnetStage()
+    rgbs = [read_rgb(p) for p in photos[:6]]
+    boxes = [FaceBox(60, 70, 190, 200, 1.0), FaceBox(20, 30, 120, 130, 1.0)]
+    with_torch = [stage.points_for(rgb, boxes) for rgb in rgbs]
+    assert stage._torch_onet is not None
+    stage._torch_onet = stage._onet.landmarks  # the numpy O-net, as in a process without torch
+    with_numpy = [stage.points_for(rgb, boxes) for rgb in rgbs]
+    compared = 0
+    for ours, theirs in zip(with_torch, with_numpy):
+        for a, b in zip(ours, theirs):
+            assert (a.landmarks is None) == (b.landmarks is None)
+            if a.landmarks is not None:
+                assert np.abs(a.landmarks - b.landmarks).max() < 1e-3
+                compared += 1
+    assert compared >= 6
+
+
 def test_hog_onet_imports_no_torch(photos):
     """`facenet align` and `facenet compare` run no PyTorch network of their own: the default
     detector must not make them pay for importing torch."""
@@ -130,3 +154,31 @@ def test_hog_onet_imports_no_torch(photos):
             "print(len(faces), faces[0].landmarks.shape, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["1", "(5,", "2)", "False"], done.stdout + done.stderr
+
+
+def test_workers_forked_after_torch_ran_threads_do_not_hang(photos, tmp_path):
+    """`represent --photos --workers 2` forks its align workers after the parent ran torch on two
+    threads (the embedding network's first batch); O-net in PyTorch in those workers must not
+    wait forever on the parent's OpenMP pool (it did once, in benchmarks/end_to_end.py)."""
+    import subprocess
+    import sys
+
+    raw = tmp_path / "raw"
+    copy_photos(photos[:4], raw)
+    code = f"""
+import numpy as np, torch
+torch.set_num_threads(2)
+torch.nn.functional.conv2d(torch.ones(1, 8, 64, 64), torch.ones(8, 8, 3, 3))  # OpenMP's pool started
+from facenet_cli.align.job import AlignJob
+from facenet_cli.models.hub import resolve_model
+from facenet_cli.nets.embedder import Embedder
+from facenet_cli.pipeline.represent import represent_photos
+embedder = Embedder(resolve_model("dlib-resnet.v1"), device="cpu")
+embedder.embed([np.zeros((150, 150, 3), np.uint8)] * 2)
+aligned, reps = represent_photos({str(raw)!r}, {str(tmp_path / "out")!r}, embedder,
+                                 AlignJob(spec=embedder.record.align, detector="hog-onet"), workers=2)
+print(reps.count)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "4"

@@ -26,6 +26,7 @@ from facenet_cli.formats.checkpoints import load_checkpoint
 from facenet_cli.errors import UsageError
 from facenet_cli.align.job import AlignJob, align_tree
 from facenet_cli.training.distributed import GlobalBatchNorm2d, check_divisible
+from facenet_cli.training.train import ctrl_c_after_block
 
 from ._sockets import LOOPBACK, SocketWatcher, listeners, process_tree
 from .helpers import copy_people
@@ -301,6 +302,19 @@ def test_ctrl_c_says_how_to_resume_and_that_works(aligned, tmp_path):
     resumed = facenet_train("--resume", str(out), "--epochs", "2", "--json")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout)["epochs"] == 2
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_it_then_stops():
+    # CI once sent the launcher's Ctrl-C while rank 0 imported matplotlib for the loss plot:
+    # "ImportError: initialization failed" and exit 1 instead of the resume hint.
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_after_block():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the signal is delivered while the block still runs
+            finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_of_the_launcher_stops_every_rank_with_one_sentence(aligned, tmp_path):

@@ -444,15 +444,18 @@ class FaceDetector:
         (in the photo's coordinates) that `accept` chooses when the rule of the module doc keeps
         them, else [] (then the photo needs the plain search). Sets `last_first_pass`."""
         stage = stage or self.first_pass_stage
-        boxes = self._detect_at(small, stage, 0)
         self.last_first_pass = "searched again"
-        if boxes and min(min(b.width, b.height) for b in boxes) >= self._stages[stage].first_pass_min_box:
-            fx, fy = width / small.shape[1], height / small.shape[0]
-            chosen = accept([b.scaled(fx, fy) for b in boxes
-                             if self.min_face is None or b.width * fx >= self.min_face])
-            if chosen:
-                self.last_first_pass = "kept"
-                return chosen
+        fx, fy = width / small.shape[1], height / small.shape[0]
+        # As at every level of the plain search, a narrow stage's frontal filter first (on a
+        # 2 Mpx copy: about 90 ms instead of 180 here), all filters where its faces fail the rule.
+        for frontal in ((True, False) if self._stages[stage].narrow else (False,)):
+            boxes = self._detect_at(small, stage, 0, frontal=frontal)
+            if boxes and min(min(b.width, b.height) for b in boxes) >= self._stages[stage].first_pass_min_box:
+                chosen = accept([b.scaled(fx, fy) for b in boxes
+                                 if self.min_face is None or b.width * fx >= self.min_face])
+                if chosen:
+                    self.last_first_pass = "kept"
+                    return chosen
         return []
 
     def with_points(self, rgb: np.ndarray, boxes: list[FaceBox]) -> list[FaceBox]:

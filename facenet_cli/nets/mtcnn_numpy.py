@@ -33,11 +33,13 @@ def read_weights(path) -> list:
     return list(arrays) if isinstance(arrays, (list, tuple)) else arrays
 
 
-def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def crops(image: np.ndarray, boxes: np.ndarray, size: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Each box's pixels (zeros outside the image) resized to size x size, as float32, and the
     indices of the boxes that have a positive width and height (the others are dropped). The
     reference takes a box's pixels from (x1 - 1, y1 - 1) to (x2 - 1, y2 - 1) (its MATLAB
-    ancestry counts from 1); so do we, to give its boxes."""
+    ancestry counts from 1); so do we, to give its boxes. The reference resizes float pixels;
+    `exact=False` resizes the uint8 ones (values rounded, the same to half a grey level): 6x
+    less time on the big faces of a 12 Mpx photo, where O-net only places landmarks."""
     import cv2
 
     height, width = image.shape[:2]
@@ -46,12 +48,16 @@ def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, 
         w, h = x2 - x1 + 1, y2 - y1 + 1
         if w <= 0 or h <= 0:
             continue
-        tmp = np.zeros((h, w, 3), np.float32)
         sx0, sy0 = max(x1 - 1, 0), max(y1 - 1, 0)
         sx1, sy1 = min(x2, width), min(y2, height)  # exclusive ends of the source rows/columns
-        if sx1 > sx0 and sy1 > sy0:
-            tmp[sy0 - (y1 - 1):sy1 - (y1 - 1), sx0 - (x1 - 1):sx1 - (x1 - 1)] = image[sy0:sy1, sx0:sx1]
-        out.append(cv2.resize(tmp, (size, size), interpolation=cv2.INTER_AREA))
+        inside = sx0 == x1 - 1 and sy0 == y1 - 1 and sx1 - sx0 == w and sy1 - sy0 == h
+        if not exact and inside:
+            tmp = image[sy0:sy1, sx0:sx1]
+        else:
+            tmp = np.zeros((h, w, 3), np.float32 if exact else np.uint8)
+            if sx1 > sx0 and sy1 > sy0:
+                tmp[sy0 - (y1 - 1):sy1 - (y1 - 1), sx0 - (x1 - 1):sx1 - (x1 - 1)] = image[sy0:sy1, sx0:sx1]
+        out.append(cv2.resize(tmp, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32, copy=False))
         kept.append(k)
     return (np.stack(out) if out else np.zeros((0, size, size, 3), np.float32)), np.asarray(kept, dtype=np.int64)
 
@@ -83,19 +89,23 @@ class NumpyOnet:
     @staticmethod
     def _pool(x: np.ndarray, k: int, stride: int, ceil: bool) -> np.ndarray:
         """Max pooling as PyTorch's max_pool2d (no padding; `ceil`: a last window may hang over)."""
+        import cv2
+
         size = [(-(-(n - k) // stride) if ceil else (n - k) // stride) + 1 for n in x.shape[:2]]
         need = [(o - 1) * stride + k for o in size]
         if need[0] > x.shape[0] or need[1] > x.shape[1]:
             x = np.pad(x, ((0, max(need[0] - x.shape[0], 0)), (0, max(need[1] - x.shape[1], 0)), (0, 0)),
                        constant_values=-np.inf)
-        out = None
-        for i in range(k):
-            for j in range(k):
-                part = x[i:i + (size[0] - 1) * stride + 1:stride, j:j + (size[1] - 1) * stride + 1:stride]
-                out = part if out is None else np.maximum(out, part)
-        return out
+        # The max over each k x k window (OpenCV's dilation, anchored at the window's top left),
+        # then every stride-th window: 3x faster than k*k strided numpy maxima.
+        window = cv2.dilate(np.ascontiguousarray(x[:need[0], :need[1]]), np.ones((k, k), np.uint8), anchor=(0, 0),
+                            borderType=cv2.BORDER_CONSTANT, borderValue=-np.inf)
+        return window[:need[0] - k + 1:stride, :need[1] - k + 1:stride]
 
     def __call__(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """O-net on one crop (48, 48, 3): (box offsets (4,), landmarks (10,), face probability).
+        One crop at a time: batching the crops of a group photo measured slower here (the
+        patches of 20 crops no longer fit the caches)."""
         x = (np.asarray(crop, dtype=np.float32) - 127.5) * (1.0 / 128.0)
         (k1, b1, a1, s1), (k2, b2, a2, s2), (k3, b3, a3, s3), (k4, b4, a4, s4) = self.convs
         x = self._pool(self._conv(x, k1, b1, a1, s1), 3, 2, True)
@@ -109,17 +119,24 @@ class NumpyOnet:
         odds = np.exp(logits - logits.max())
         return f @ box + box_b, f @ points + points_b, float(odds[1] / odds.sum())
 
-    def points_on(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def landmarks(self, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks (n, 10) and face probabilities (n,) of a stack of crops (n, 48, 48, 3)."""
+        with _one_blas_thread():
+            outputs = [self(crop) for crop in cut]
+        return (np.stack([o[1] for o in outputs]) if outputs else np.zeros((0, 10), np.float32),
+                np.array([o[2] for o in outputs], dtype=np.float32))
+
+    def points_on(self, rgb: np.ndarray, boxes: np.ndarray, network=None) -> tuple[np.ndarray, np.ndarray]:
         """O-net on boxes found by another detector (x1, y1, x2, y2, square): each box's five
         landmarks (n, 5, 2) and face probability (n,), no threshold, no suppression (a box without
-        pixels gets NaN points and probability 0). As Mtcnn.output places O-net's points."""
+        pixels gets NaN points and probability 0). As Mtcnn.output places O-net's points.
+        `network`: another `landmarks(crops)` to run O-net with (the PyTorch port), else this one."""
         boxes = np.fix(np.asarray(boxes, dtype=np.float64)[:, :4])
         points = np.full((len(boxes), 5, 2), np.nan)
         scores = np.zeros(len(boxes))
-        cut, kept = crops(rgb, boxes, 48)
-        with _one_blas_thread():
-            outputs = [self(crop) for crop in cut]
-        for (_, found, score), k in zip(outputs, kept):
+        cut, kept = crops(rgb, boxes, 48, exact=False)
+        found_points, found_scores = (network or self.landmarks)(cut) if len(kept) else ([], [])
+        for found, score, k in zip(found_points, found_scores, kept):
             scores[k] = score
             x1, y1, x2, y2 = boxes[k]
             found = found.astype(np.float64)

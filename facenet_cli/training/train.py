@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import csv
 import io
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,6 +57,28 @@ OPTIMIZERS = ("adam", "sgd")
 CSV_COLUMNS = ("epoch", "loss", "triplet_loss", "distill_loss", "triplets_per_batch", "images_per_s", "seconds",
                "val_accuracy", "val_threshold")
 
+
+
+@contextmanager
+def ctrl_c_after_block() -> Iterator[None]:
+    """Ctrl-C waits for the block, then stops the run as usual (KeyboardInterrupt).
+
+    A SIGINT that lands inside a checkpoint write, or inside the first import of matplotlib for
+    the loss plot, would turn a clean stop into a crash ("ImportError: initialization failed").
+    Only where Python's own handler is in place (main thread, not ignored) is anything changed.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 @dataclass
 class TrainConfig:
@@ -398,6 +423,10 @@ class Trainer:
         return epoch_record(self.base, self.config, self.epoch, last.val_threshold if last else None, lfw)
 
     def save(self) -> Path:
+        with ctrl_c_after_block():
+            return self._save()
+
+    def _save(self) -> Path:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
