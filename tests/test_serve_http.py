@@ -259,6 +259,19 @@ def test_stale_frames_are_dropped_not_queued(client, lfw_images):
     assert answered[-1]["dropped"] == len(frames) - len(ids)
 
 
+def test_two_frames_in_flight_are_both_answered(client, lfw_images):
+    """The page keeps two frames in flight: the second waits while the first is processed (the
+    server starts it as it answers the first), it does not replace the first."""
+    with client.websocket_connect(WS) as ws:
+        ws.receive_json()
+        for round_ in range(3):
+            ws.send_bytes(frame_of(lfw_images, POWELL, 10, shift=2 * round_))
+            ws.send_bytes(frame_of(lfw_images, POWELL, 10, shift=2 * round_ + 1))
+            answers = [_answer(ws), _answer(ws)]
+            assert [a["frame_id"] for a in answers] == [2 * round_ + 1, 2 * round_ + 2]
+            assert answers[-1]["dropped"] == 0 and all(len(a["faces"]) == 1 for a in answers)
+
+
 def test_bad_messages_close_only_their_socket(client, lfw_images):
     good = frame_of(lfw_images, BUSH, 10)
     with client.websocket_connect(WS) as healthy:
