@@ -5,7 +5,7 @@ level with the first filter alone (cut out of dlib's own serialized detector:
 Measured on 500 LFW photos (benchmarks/align_levers.py): 5.3 ms against 8.7 ms a photo, and on
 the faces both find a box from the frontal filter where the full detector preferred another
 filter's (185 of 500 photos; docs/SPEED.md says what that does to LFW accuracy). Big photos'
-downscaled first pass uses all five filters.
+downscaled first pass, too, tries the frontal filter first.
 """
 from __future__ import annotations
 
