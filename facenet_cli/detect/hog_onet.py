@@ -28,8 +28,6 @@ from ..models.resources import MTCNN_ONET, dlib_model_path
 # HOG box (left, top, right, bottom; width w, centre c) -> O-net's square crop: centre
 # c + (dx, dy) * w, side `side` * w. Measured (see the module doc).
 HOG_TO_ONET = (-0.0434, -0.1228, 1.2449)
-# O-net's face probability below which a box keeps no points: MTCNN's own last threshold.
-ONET_THRESHOLD = 0.7
 
 
 class HogOnetStage(HogFastStage):
@@ -65,7 +63,9 @@ class HogOnetStage(HogFastStage):
         if self._torch_onet is None and "torch" in sys.modules:
             self._torch_onet = _torch_onet()
         points, scores = self._onet.points_on(rgb, np.asarray(squares, dtype=np.float64), self._torch_onet)
-        threshold = ONET_THRESHOLD
+        from ..nets.mtcnn_numpy import THRESHOLDS
+
+        threshold = THRESHOLDS[2]  # below MTCNN's own last threshold a box keeps no points
         return [FaceBox(b.left, b.top, b.right, b.bottom, b.score,
                         p.astype("float32") if s > threshold else None)
                 for b, p, s in zip(boxes, points, scores)]

@@ -24,11 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
-from .mtcnn_numpy import crops as _crops
+from .mtcnn_numpy import THRESHOLDS, crops as _crops
 
 # The reference MTCNN's settings.
 SCALE_FACTOR = 0.709  # between pyramid levels (about 1/sqrt(2): half the pixels per level)
-THRESHOLDS = (0.6, 0.7, 0.7)  # face probability each of P-, R- and O-net must exceed
 DEFAULT_MIN_FACE = 20  # the smallest face (pixels wide) the pyramid looks for
 PNET_CELL = 12  # P-net's window: a face min_face wide becomes 12 pixels wide in the first level
 PNET_STRIDE = 2

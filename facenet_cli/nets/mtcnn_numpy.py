@@ -14,6 +14,10 @@ import numpy as np
 
 from ..errors import DataError
 
+# The reference MTCNN's face probability each of P-, R- and O-net must exceed (here, not in
+# nets/mtcnn.py, so that hog-onet reads O-net's without importing torch).
+THRESHOLDS = (0.6, 0.7, 0.7)
+
 # O-net's weights as the `mtcnn` wheel stores them (Keras layout: kernels HWIO, PReLU alphas,
 # dense kernels (in, out)); nets/mtcnn.py's ONet.SHAPES says the same.
 ONET_SHAPES = [(3, 3, 3, 32), (32,), (1, 1, 32), (3, 3, 32, 64), (64,), (1, 1, 64), (3, 3, 64, 64), (64,),
