@@ -425,19 +425,19 @@ class PostgresGallery:
                         f"SELECT EXISTS (SELECT 1 FROM {self._t['faces']})").fetchone()[0]:
                     self.db.execute(f'DROP INDEX IF EXISTS "{self.schema}".{SEARCH_INDEX}')
                 people = self._people_ids({p[0] for p in prepared})
-                cursor = self.db.cursor()
-                now = time.time()
-                cursor.executemany(
+                # One statement for the batch (one firing of the face-count trigger, not one a face):
+                # the rows in their order, so the first copy of an image lands and a later one does not.
+                columns = [[people[p[0]] for p in prepared], [p[1] for p in prepared]] + \
+                    [[p[k] for p in prepared] for k in (2, 3)] + \
+                    [[None if p[k] is None else int(p[k]) for p in prepared] for k in (4, 5, 6, 7)]
+                landed = dict(self.db.execute(
                     f"INSERT INTO {self._t['faces']}(person_id, embedding, source, image_sha256, box_left, box_top, "
-                    "box_right, box_bottom, added) VALUES (%s, %b, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (image_sha256) DO NOTHING RETURNING id",
-                    [(people[p[0]], *p[1:], now) for p in prepared], returning=True)
-                ids: list[int | None] = []
-                while True:
-                    found = cursor.fetchone()
-                    ids.append(found[0] if found else None)
-                    if not cursor.nextset():
-                        break
+                    "box_right, box_bottom, added) SELECT person_id, embedding, source, sha, l, t, r, b, %s "
+                    "FROM unnest(%s::bigint[], %b::vector[], %s::text[], %s::text[], %s::integer[], %s::integer[], "
+                    "%s::integer[], %s::integer[]) WITH ORDINALITY AS u(person_id, embedding, source, sha, l, t, r, b, "
+                    "ord) ORDER BY ord ON CONFLICT (image_sha256) DO NOTHING RETURNING image_sha256, id",
+                    (time.time(), *columns)).fetchall())
+                ids: list[int | None] = [landed.pop(p[3], None) for p in prepared]
             self._pending_bind = None
         return ids
 
