@@ -1,8 +1,8 @@
 """`--detector hog-onet`, the default: the box from dlib's HOG detector, its frontal filter first on the
 grayscale photo (all five filters on the colour photo, as `hog`, only where that finds no face
-the policy accepts), and the five landmarks from MTCNN's O-net (in numpy, facenet_cli/nets/mtcnn_numpy.py;
-in the PyTorch port where torch is loaded already) run once on each chosen box, mapped to dlib's five points as `--detector mtcnn` maps its own
-(detect/mtcnn.py).
+the policy accepts), and the five landmarks from MTCNN's O-net (in numpy,
+facenet_cli/nets/mtcnn_numpy.py; in the PyTorch port where torch is loaded already) run once on
+each chosen box, mapped to dlib's five points as `--detector mtcnn` maps its own (detect/mtcnn.py).
 
 Why: the frontal filter alone on one channel costs about 55 % of the five filters on three, but
 its boxes differ from the full detector's on a third of LFW's photos, and dlib's 5-point
@@ -53,6 +53,8 @@ class HogOnetStage(HogFastStage):
     def points_for(self, rgb, boxes: list[FaceBox]) -> list[FaceBox]:
         import numpy as np
 
+        from ..nets.mtcnn_numpy import THRESHOLDS
+
         dx, dy, side = HOG_TO_ONET
         squares = []
         for box in boxes:
@@ -63,8 +65,6 @@ class HogOnetStage(HogFastStage):
         if self._torch_onet is None and "torch" in sys.modules:
             self._torch_onet = _torch_onet()
         points, scores = self._onet.points_on(rgb, np.asarray(squares, dtype=np.float64), self._torch_onet)
-        from ..nets.mtcnn_numpy import THRESHOLDS
-
         threshold = THRESHOLDS[2]  # below MTCNN's own last threshold a box keeps no points
         return [FaceBox(b.left, b.top, b.right, b.bottom, b.score,
                         p.astype("float32") if s > threshold else None)

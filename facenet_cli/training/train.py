@@ -58,7 +58,6 @@ CSV_COLUMNS = ("epoch", "loss", "triplet_loss", "distill_loss", "triplets_per_ba
                "val_accuracy", "val_threshold")
 
 
-
 @contextmanager
 def ctrl_c_after_block() -> Iterator[None]:
     """Ctrl-C waits for the block, then stops the run as usual (KeyboardInterrupt).
@@ -79,6 +78,7 @@ def ctrl_c_after_block() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if caught:
         raise KeyboardInterrupt
+
 
 @dataclass
 class TrainConfig:
