@@ -147,12 +147,20 @@ def kill_one(raylet: int, title: str, within: float = 20.0) -> int:
     raise AssertionError(f"no worker process titled {title!r} appeared within {within} s")
 
 
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+def gone(pid: int, within: float = 10.0) -> bool:
+    """Whether `pid` has ended (or is a zombie) within `within` s: a SIGKILLed process with a
+    model in memory takes a moment to tear down (CI once saw it still running as the job ended)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.kill(pid, 0)
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- the commands, on the cluster
