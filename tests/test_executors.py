@@ -256,3 +256,27 @@ def test_no_import_cycle_among_pipeline_executors_recognition_align():
 
     cycles = [cycle for cycle in map(cycle_from, sorted(ours)) if cycle]
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_a_consumer_that_stops_early_leaves_no_hung_process():
+    """Stopping a local map kills its workers, one of them possibly mid-way through writing a
+    result; the pool's manager thread then waited forever for the rest of it and the process
+    never exited (a whole test session once hung at exit this way)."""
+    import subprocess
+    import sys
+
+    code = """
+import time
+from facenet_cli.executors.local import LocalExecutor
+
+def big(i):
+    return b"x" * 50_000_000  # a long write into the result pipe
+
+results = LocalExecutor(workers=2).map(big, range(6), ordered=False)
+next(results)
+time.sleep(0.05)  # the other worker is writing its result now
+results.close()  # the consumer stops early: the workers are killed, one mid-write
+print("stopped", flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["stopped"], done.stderr[-2000:]

@@ -133,6 +133,7 @@ def stop(pool: ProcessPoolExecutor) -> None:
     """Stop at once: cancel what is queued and kill the workers (they may be mid-item)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
     manager = getattr(pool, "_executor_manager_thread", None)
+    results = getattr(pool, "_result_queue", None)  # shutdown() forgets it
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         try:
@@ -141,6 +142,13 @@ def stop(pool: ProcessPoolExecutor) -> None:
             pass
     for process in processes:
         process.join(timeout=5)
+    # A worker killed while it wrote a result leaves the pool's manager thread waiting for the
+    # rest of that message forever (this process holds the pipe's write end too), and Python
+    # joins that thread at exit: the process never ended. Our write end closed, it reads the
+    # end of the pipe instead and winds the pool up.
+    writer = getattr(results, "_writer", None)
+    if writer is not None:
+        writer.close()
     if manager is not None:
         manager.join(timeout=10)  # it reaps the killed workers, so their pids read as dead
 
