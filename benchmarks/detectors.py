@@ -58,24 +58,6 @@ def centre_found(boxes: list[list], images: list) -> list[bool]:
             for found_boxes, rgb in zip(boxes, images)]
 
 
-def matched_faces(found: list, placed: list[dict]) -> set[int]:
-    """The placed faces that group_photo.match_by_position counts as found (same rule: the nearest
-    unused box whose centre is within half the face's width of the face's centre)."""
-    used, matched = set(), set()
-    for k, face in enumerate(placed):
-        l, t, r, b = face["box"]
-        cx, cy, limit = (l + r) / 2, (t + b) / 2, (r - l) / 2
-        best = None
-        for i, (fl, ft, fr, fb) in enumerate(found):
-            d = (((fl + fr) / 2 - cx) ** 2 + ((ft + fb) / 2 - cy) ** 2) ** 0.5
-            if i not in used and d <= limit and (best is None or d < best[0]):
-                best = (d, i)
-        if best is not None:
-            used.add(best[1])
-            matched.add(k)
-    return matched
-
-
 def either_side(reference: str, name: str, lfw: dict, groups: dict, photos: list) -> str:
     """One line: LFW photos and group faces found by both, by the reference only, by `name` only."""
     a, b = lfw[reference], lfw[name]
@@ -135,7 +117,7 @@ def main() -> None:
     import torch
 
     from _common import lfw_sample, make_tree, shell_line
-    from group_photo import build_group_photo, match_by_position
+    from group_photo import build_group_photo, match_by_position, matched_faces
 
     from facenet_cli.images import read_rgb
 

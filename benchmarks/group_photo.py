@@ -122,11 +122,11 @@ def build_group_photo(width: int, height: int, rows: int, per_row: int, box: tup
     return np.clip(canvas, 0, 255).astype(np.uint8), placed
 
 
-def match_by_position(found: list[list[float]], placed: list[dict]) -> int:
-    """How many placed faces have a found box whose centre lies within half the placed face's width
-    of its centre (each found box used once)."""
-    used, matched = set(), 0
-    for face in placed:
+def matched_faces(found: list[list[float]], placed: list[dict]) -> set[int]:
+    """The placed faces (their indices) that have a found box whose centre lies within half the
+    placed face's width of its centre: the nearest such box, each found box used once."""
+    used, matched = set(), set()
+    for k, face in enumerate(placed):
         l, t, r, b = face["box"]
         cx, cy, limit = (l + r) / 2, (t + b) / 2, (r - l) / 2
         best = None
@@ -136,8 +136,13 @@ def match_by_position(found: list[list[float]], placed: list[dict]) -> int:
                 best = (d, i)
         if best is not None:
             used.add(best[1])
-            matched += 1
+            matched.add(k)
     return matched
+
+
+def match_by_position(found: list[list[float]], placed: list[dict]) -> int:
+    """How many placed faces were found (matched_faces)."""
+    return len(matched_faces(found, placed))
 
 
 # ---------------------------------------------------------------- the sides (each in its own process)
