@@ -563,9 +563,11 @@ class Int8DlibResNet(nn.Module):
         return self.fc_weight.shape[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = max_pool_unpadded(F.relu_(self.stem(images)), self.stem_pool_window, self.stem_pool_stride)
-        x = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last), *self.stem_qparams,
-                                      torch.quint8)
+        # Quantized before the max pool, not after: rounding to the grid keeps order, so the
+        # pooled values are the same, and uint8 pooling costs a third of fp32's here.
+        x = torch.quantize_per_tensor(F.relu_(self.stem(images)).contiguous(memory_format=torch.channels_last),
+                                      *self.stem_qparams, torch.quint8)
+        x = F.max_pool2d(x, self.stem_pool_window, self.stem_pool_stride)
         for i in range(len(self.conv2)):
             main = self.conv2[i](self.conv1[i](x))
             if not self.downsample[i]:
