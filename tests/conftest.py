@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ DATA = Path(os.environ.get("FACENET_DATA", ROOT.parent / "shared" / "data"))
 LFW = DATA / "lfw"
 LFW_IMAGES = LFW / "deepfunneled"
 EXAMPLES = DATA / "examples"
+
+# A run started in the background by a shell without job control (`cmd &` in a script) inherits
+# SIGINT ignored, and so would every process the tests start: the Ctrl-C tests need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _need(path: Path) -> Path:
